@@ -1,0 +1,117 @@
+"""The embedded default: the whole Skin-R1 method on a tiny random Qwen2.5-VL and the
+procedural `synthetic_derm` dataset, sized to run on a 2-core CPU in minutes.
+
+Every config file returns this schema (other files start from `get_config()` here and
+override), so `--config.<key>=value` works the same everywhere.
+"""
+
+from ml_collections import ConfigDict
+
+
+def get_config() -> ConfigDict:
+    c = ConfigDict()
+    c.workdir = "workdir/default"
+    c.seed = 42
+
+    # Device mesh: sizes of the `data`, `fsdp` and `tensor` axes; -1 fills the rest.
+    c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+    c.model = ConfigDict(dict(
+        name="tiny",            # tiny | qwen2_5_vl_3b | qwen2_5_vl_7b | hf (read hf_dir/config.json)
+        hf_dir="",              # local Hugging Face folder: weights, config, tokenizer
+        adapter_dir="",         # local PEFT LoRA folder applied on top of hf_dir
+        dtype="float32",        # compute dtype
+        param_dtype="float32",  # master parameter dtype
+        remat=False,
+        lora=ConfigDict(dict(
+            rank=0,             # 0 = full fine-tuning
+            alpha=32.0,
+            dropout=0.0,
+            target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                            "down_proj", "mlp.0", "mlp.2"),
+            # The paper adapts the language model and the vision merger, not the ViT blocks.
+            include_vision_blocks=False,
+        )),
+    ))
+
+    c.data = ConfigDict(dict(
+        dataset="synthetic_derm",
+        data_dir="",            # TFDS data_dir; empty = <workdir>/tfds
+        manual_dir="",          # folder holding a public dataset in its official layout
+        subset="default",       # synthetic taxonomy subset: default | full
+        class_balance="balanced",  # balanced | fitzpatrick (real long-tail counts)
+        image_size=64,          # rendered image side, pixels
+        dense_per_class=24,     # concept-annotated images per disease (trajectories, SFT)
+        sparse_per_class=48,    # label-only images per disease (RL)
+        val_per_class=6,
+        test_per_class=12,
+        ood_per_class=8,
+        train_fraction=1.0,     # data-scaling runs: 0.01, 0.05, 0.1, 0.2
+        on_bad_image="fail",    # fail | skip
+        min_pixels=32 * 32,
+        max_pixels=64 * 64,
+        max_seq_len=256,
+    ))
+
+    c.generate = ConfigDict(dict(
+        types=("basic", "ddx_keep", "ddx_switch", "random_keep", "random_switch"),
+        per_diagnosis_per_type=12,
+        max_per_type=1000,
+        think_tag="thinking",
+        diagnosis_tag="diagnosis",
+        final_tag="final diagnosis",
+        llm=ConfigDict(dict(enabled=False, url="", model="", api_key_env="OPENAI_API_KEY",
+                            temperature=0.2, max_tokens=120, timeout_s=30.0)),
+    ))
+
+    c.sft = ConfigDict(dict(
+        steps=300,
+        batch_size=16,
+        grad_accum=1,
+        learning_rate=1e-3,
+        warmup_ratio=0.03,
+        weight_decay=0.0,
+        grad_clip=1.0,
+    ))
+
+    c.rl = ConfigDict(dict(
+        steps=60,
+        batch_size=8,           # prompts per update; each gets num_generations completions
+        num_generations=4,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=96,
+        learning_rate=2e-4,
+        warmup_ratio=0.03,
+        beta=0.04,              # KL weight; 0 skips the reference forward
+        mu=1,                   # policy updates per rollout batch (>1 uses the clipped ratio)
+        clip_low=0.2,
+        clip_high=0.2,          # DAPO uses a larger high clip, e.g. 0.28
+        scale_std=True,         # False = Dr. GRPO (no std division)
+        loss_agg="seq_mean",    # seq_mean (paper) | token_mean
+        lambda_sft=0.0,         # joint objective: lambda_sft * SFT + lambda_rl * GRPO
+        lambda_rl=1.0,
+        task="mcq",             # mcq (paper) | open (taxonomy-distance reward) | mixed
+        init_from="sft",        # sft | base (the paper's "RL without SFT" ablation)
+        reward=ConfigDict(dict(
+            variant="hierarchical",   # hierarchical | flat
+            format_weight=1.0,
+            option_weight=1.0,        # scales the option score, itself at most 0.75
+            malignancy_weight=0.25,
+            distance_mode="distance",  # distance | shared_depth (open-ended form)
+            distance_decay=0.5,
+        )),
+    ))
+
+    c.eval = ConfigDict(dict(
+        models=("base", "sft", "sft_rl"),
+        sets=("indomain", "b_or_m", "hierarchical", "ddx", "ood", "open", "ood_open"),
+        max_new_tokens=96,
+        batch_size=32,
+        max_examples=0,         # 0 = the whole split
+    ))
+
+    c.checkpoint = ConfigDict(dict(every_steps=100, keep=2, best_metric="", async_save=True))
+    c.log = ConfigDict(dict(every_steps=10, tensorboard=True))
+    return c
