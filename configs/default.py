@@ -94,6 +94,7 @@ def get_config() -> ConfigDict:
         lambda_rl=1.0,
         task="mcq",             # mcq (paper) | open (taxonomy-distance reward) | mixed
         init_from="sft",        # sft | base (the paper's "RL without SFT" ablation)
+        init_sft_step=0,        # SFT checkpoint step RL starts from; 0 = the final one
         reward=ConfigDict(dict(
             variant="hierarchical",   # hierarchical | flat
             format_weight=1.0,

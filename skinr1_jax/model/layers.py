@@ -1,0 +1,147 @@
+"""Shared building blocks: RMSNorm, a Linear with an optional PEFT-style LoRA branch, the gated
+SiLU MLP, and masked softmax attention.
+
+Logical axis names of every parameter (the training code maps them onto the mesh):
+
+| parameter                                | axes                                  |
+|------------------------------------------|---------------------------------------|
+| language_model.embed_tokens.embedding    | ("vocab", "embed")                    |
+| lm_head.kernel                           | ("embed", "vocab")                    |
+| self_attn.q_proj kernel / bias           | ("embed", "heads") / ("heads",)       |
+| self_attn.k_proj, v_proj kernel / bias   | ("embed", "kv_heads") / ("kv_heads",) |
+| self_attn.o_proj kernel                  | ("heads", "embed")                    |
+| mlp.gate_proj, up_proj / down_proj       | ("embed", "mlp") / ("mlp", "embed")   |
+| text norms                               | ("embed",)                            |
+| visual.patch_embed.kernel                | ("vision_patch", "vision_embed")      |
+| blocks.attn.qkv kernel / bias            | ("vision_embed", "vision_qkv") / ("vision_qkv",) |
+| blocks.attn.proj kernel / bias           | ("vision_heads", "vision_embed") / ("vision_embed",) |
+| blocks.mlp gate/up / down                | ("vision_embed", "vision_mlp") / ("vision_mlp", "vision_embed") |
+| vision norms, merger.ln_q                | ("vision_embed",)                     |
+| merger.mlp_0 kernel / bias               | ("vision_merge_in", "vision_merge") / ("vision_merge",) |
+| merger.mlp_2 kernel / bias               | ("vision_merge", "embed") / ("embed",) |
+| LoRA lora_a / lora_b (collection "lora") | (in_axis, "lora_rank") / ("lora_rank", out_axis) |
+
+Fused head projections keep heads and head_dim in one axis so a "heads" -> tensor rule shards
+whole heads whenever the mesh axis divides the head count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from skinr1_jax.model.config import LoraConfig
+
+NEG_INF = -1e30  # finite so fully masked (padding) rows stay NaN-free
+
+
+def _dt(name: str) -> jnp.dtype:
+    return jnp.dtype(name)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    axis_name: str
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+                           (x.shape[-1],), _dt(self.param_dtype))
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return scale.astype(_dt(self.dtype)) * x32.astype(_dt(self.dtype))
+
+
+def lora_a_init(key: jax.Array, shape: tuple[int, int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
+    """A stored [in, r]; PEFT's kaiming_uniform_(a=sqrt(5)) on its [r, in] weight is
+    U(-1/sqrt(in), 1/sqrt(in))."""
+    bound = 1.0 / math.sqrt(shape[0])
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class Linear(nn.Module):
+    """y = x W + b (+ dropout(x) A B * alpha / r when `module_name` is a LoRA target).
+
+    `module_name` is the transformers 5 module path (e.g. "model.language_model.layers.0.mlp.up_proj"),
+    used for LoRA targeting and the HF / PEFT key maps.
+    """
+
+    features: int
+    axes: tuple[str, str]
+    module_name: str
+    use_bias: bool = True
+    lora: LoraConfig = LoraConfig()
+    deterministic: bool = True
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        dtype, pdtype = _dt(self.dtype), _dt(self.param_dtype)
+        in_features = x.shape[-1]
+        kernel = self.param("kernel", nn.with_logical_partitioning(
+            nn.initializers.normal(0.02), self.axes), (in_features, self.features), pdtype)
+        x = x.astype(dtype)
+        y = jnp.dot(x, kernel.astype(dtype))
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axes[1],)),
+                              (self.features,), pdtype)
+            y = y + bias.astype(dtype)
+        if self.lora.targets(self.module_name):
+            r = self.lora.rank
+            a = self.variable("lora", "lora_a", lambda: nn.with_logical_partitioning(
+                lora_a_init, (self.axes[0], "lora_rank"))(
+                    self.make_rng("params"), (in_features, r), pdtype))
+            b = self.variable("lora", "lora_b", lambda: nn.with_logical_partitioning(
+                nn.initializers.zeros, ("lora_rank", self.axes[1]))(
+                    self.make_rng("params"), (r, self.features), pdtype))
+            h = nn.Dropout(self.lora.dropout)(x, deterministic=self.deterministic)
+            y = y + jnp.dot(jnp.dot(h, a.value.astype(dtype)), b.value.astype(dtype)) * self.lora.scaling
+        return y
+
+
+def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray,
+              scale: float) -> jnp.ndarray:
+    """Grouped-query softmax attention with fp32 softmax.
+
+    q [B, S, H, D]; k, v [B, T, KV, D] (H a multiple of KV); mask bool broadcastable to
+    [B, 1, 1, S, T] or given as [B, S, T]. Returns [B, S, H, D].
+    """
+    b, s, h, d = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, s, kv, h // kv, d)
+    logits = jnp.einsum("bskgd,btkd->bkgst", qg, k).astype(jnp.float32) * scale
+    logits = jnp.where(mask[:, None, None], logits, NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
+    return out.reshape(b, s, h, d)
+
+
+class GatedMLP(nn.Module):
+    """down(silu(gate(x)) * up(x)): the Qwen2 MLP (bias only in the vision tower)."""
+
+    hidden: int
+    intermediate: int
+    axes: tuple[str, str]  # (model axis, mlp axis)
+    prefix: str           # transformers module path of this MLP
+    use_bias: bool
+    lora: LoraConfig
+    deterministic: bool = True
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        def lin(name: str, features: int, axes: tuple[str, str]) -> Linear:
+            return Linear(features, axes, f"{self.prefix}.{name}", self.use_bias, self.lora,
+                          self.deterministic, self.dtype, self.param_dtype, name=name)
+
+        model_ax, mlp_ax = self.axes
+        gate = lin("gate_proj", self.intermediate, (model_ax, mlp_ax))(x)
+        up = lin("up_proj", self.intermediate, (model_ax, mlp_ax))(x)
+        return lin("down_proj", self.hidden, (mlp_ax, model_ax))(nn.silu(gate) * up)

@@ -1,0 +1,221 @@
+"""Jitted KV-cache sampling: one prefill over a preallocated cache, then a `lax.while_loop`
+decode loop with temperature / top-k / top-p, per-row EOS, and host-side stop strings.
+
+The prefill runs once per prompt; its cache and last logits are then repeated `num_samples`
+times (prompt i's samples are rows i*n .. i*n+n-1), so n samples cost one prefill.
+Compiled programs are cached by jax.jit on shapes and the static arguments; `trace_count()`
+counts traces (= compilations) so tests can assert that equal shapes never recompile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from skinr1_jax.model.config import ModelConfig
+from skinr1_jax.model.rope import GridTHW
+from skinr1_jax.model.vlm import CACHE_AXES, forward, init_cache
+
+_TRACES = [0]
+
+
+def trace_count() -> int:
+    """How many times the generation program was traced (each trace is one compilation)."""
+    return _TRACES[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleOutput:
+    """tokens int32[B*n, max_new] (pad_id after the end), logprobs f32[B*n, max_new] (0 after
+    the end), lengths int32[B*n] (generated tokens, the EOS or stop text included)."""
+
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    lengths: np.ndarray
+
+
+def filter_logits(logits: jnp.ndarray, top_k: int = 0, top_p: jnp.ndarray | float = 1.0,
+                  use_top_p: bool = True) -> jnp.ndarray:
+    """Set logits outside the top-k / nucleus (top-p) support to -inf, as transformers' warpers.
+
+    logits f32[..., V] (already divided by the temperature); top_k 0 = off (static); top_p
+    keeps the smallest set of highest-probability tokens whose mass reaches top_p (the most
+    likely token always stays). Ties at the cut-off stay in.
+    """
+    neg = jnp.asarray(-jnp.inf, logits.dtype)
+    if top_k and top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, neg, logits)
+    if use_top_p:
+        ordered = jnp.sort(logits, axis=-1)[..., ::-1]
+        probs = jax.nn.softmax(ordered, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        keep = mass_before < top_p
+        keep = keep.at[..., 0].set(True)
+        cutoff = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < cutoff, neg, logits)
+    return logits
+
+
+def choose_tokens(rng: jax.Array, logits: jnp.ndarray, temperature: jnp.ndarray, *, greedy: bool,
+                  top_k: int, top_p: jnp.ndarray, use_top_p: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """One token per row from logits f32[B, V] -> (ids i32[B], logprobs f32[B]).
+
+    The log-probability is log_softmax(logits / T) of the chosen id, before top-k/top-p
+    filtering (what a training forward at temperature T computes); greedy uses T = 1.
+    """
+    logits = logits.astype(jnp.float32)
+    if greedy:
+        ids = jnp.argmax(logits, axis=-1)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+    else:
+        scaled = logits / temperature
+        logp = jax.nn.log_softmax(scaled, axis=-1)
+        ids = jax.random.categorical(rng, filter_logits(scaled, top_k, top_p, use_top_p), axis=-1)
+    chosen = jnp.take_along_axis(logp, ids[:, None], axis=-1)[:, 0]
+    return ids.astype(jnp.int32), chosen
+
+
+def _repeat_rows(x: jnp.ndarray, n: int, axis: int = 0) -> jnp.ndarray:
+    return x if n == 1 else jnp.repeat(x, n, axis=axis)
+
+
+@partial(jax.jit, static_argnames=("cfg", "grid_thw", "num_samples", "max_new_tokens", "greedy",
+                                   "top_k", "use_top_p", "eos_ids", "pad_id", "cache_dtype"))
+def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarray,
+              position_ids: jnp.ndarray, pixel_values: jnp.ndarray | None,
+              rng: jax.Array, temperature: jnp.ndarray, top_p: jnp.ndarray, *, cfg: ModelConfig,
+              grid_thw: GridTHW | None, num_samples: int, max_new_tokens: int, greedy: bool,
+              top_k: int, use_top_p: bool, eos_ids: tuple[int, ...], pad_id: int,
+              cache_dtype: str) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    _TRACES[0] += 1
+    b, s = input_ids.shape
+    n, total = num_samples, s + max_new_tokens
+    slot_mask = jnp.concatenate(
+        [attention_mask.astype(jnp.int32), jnp.ones((b, max_new_tokens), jnp.int32)], axis=1)
+    batch = {"input_ids": input_ids, "attention_mask": slot_mask, "position_ids": position_ids}
+    if pixel_values is not None:
+        batch["pixel_values"] = pixel_values
+    logits, cache = forward(cfg, variables, batch, grid_thw=grid_thw,
+                            cache=init_cache(cfg, b, total, cache_dtype), cache_index=0)
+    batch_axis = CACHE_AXES.index("batch")
+    cache = jax.tree.map(lambda x: _repeat_rows(x, n, batch_axis), cache)
+    last = _repeat_rows(logits[:, -1], n)  # left padding: the last position is always real
+    slot_mask = _repeat_rows(slot_mask, n)
+    # The next text position follows the largest prompt position (transformers' rope_deltas
+    # are exactly this minus S), so decode positions need nothing beyond position_ids.
+    next_pos = _repeat_rows(jnp.max(position_ids, axis=(0, 2)).astype(jnp.int32) + 1, n)
+    rows = b * n
+    eos = jnp.asarray(eos_ids, jnp.int32)
+    choose = partial(choose_tokens, temperature=temperature, greedy=greedy, top_k=top_k,
+                     top_p=top_p, use_top_p=use_top_p)
+
+    tok, lp = choose(jax.random.fold_in(rng, 0), last)
+    tokens = jnp.full((rows, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
+    logprobs = jnp.zeros((rows, max_new_tokens), jnp.float32).at[:, 0].set(lp)
+    done = jnp.isin(tok, eos)
+    lengths = jnp.ones((rows,), jnp.int32)
+
+    def cond(state):
+        i, _, _, done, _, _ = state
+        return (i < max_new_tokens) & ~jnp.all(done)
+
+    def body(state):
+        i, tokens, logprobs, done, lengths, cache = state
+        prev = jax.lax.dynamic_slice_in_dim(tokens, i - 1, 1, axis=1)
+        slot = s + i - 1
+        pos = jnp.broadcast_to((next_pos + i - 1)[None, :, None], (3, rows, 1))
+        step_batch = {"input_ids": prev, "attention_mask": slot_mask, "position_ids": pos}
+        logits, cache = forward(cfg, variables, step_batch, cache=cache, cache_index=slot)
+        tok, lp = choose(jax.random.fold_in(rng, i), logits[:, -1])
+        tok = jnp.where(done, pad_id, tok)
+        lp = jnp.where(done, 0.0, lp)
+        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, tok[:, None], i, axis=1)
+        logprobs = jax.lax.dynamic_update_slice_in_dim(logprobs, lp[:, None], i, axis=1)
+        lengths = lengths + (~done).astype(jnp.int32)
+        done = done | jnp.isin(tok, eos)
+        return i + 1, tokens, logprobs, done, lengths, cache
+
+    state = (jnp.int32(1), tokens, logprobs, done, lengths, cache)
+    _, tokens, logprobs, _, lengths, _ = jax.lax.while_loop(cond, body, state)
+    return tokens, logprobs, lengths
+
+
+def _first_stop(tokenizer: Any, ids: np.ndarray, stops: Sequence[str]) -> int | None:
+    """Smallest k such that decode(ids[:k]) contains a stop string, or None."""
+    if not any(s in tokenizer.decode(ids) for s in stops):
+        return None
+    lo, hi = 1, len(ids)  # containment grows with the prefix: binary search the first hit
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if any(s in tokenizer.decode(ids[:mid]) for s in stops):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def apply_stop_sequences(out: SampleOutput, stop_sequences: Sequence[str], tokenizer: Any,
+                         pad_id: int) -> SampleOutput:
+    """Cut each row after the first token that completes a stop string (that token kept)."""
+    tokens, logprobs, lengths = out.tokens.copy(), out.logprobs.copy(), out.lengths.copy()
+    for r in range(tokens.shape[0]):
+        k = _first_stop(tokenizer, tokens[r, : lengths[r]], stop_sequences)
+        if k is not None and k < lengths[r]:
+            tokens[r, k:] = pad_id
+            logprobs[r, k:] = 0.0
+            lengths[r] = k
+    return SampleOutput(tokens, logprobs, lengths)
+
+
+def sample(cfg: ModelConfig, variables: Any, prompt_batch: Mapping[str, Any], *, num_samples: int = 1,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, max_new_tokens: int,
+           eos_ids: Sequence[int], rng: jax.Array, pad_id: int,
+           stop_sequences: Sequence[str] | None = None, tokenizer: Any = None,
+           cache_dtype: str | None = None) -> SampleOutput:
+    """Generate `num_samples` continuations of each left-padded prompt.
+
+    prompt_batch: input_ids i32[B, S], attention_mask i32[B, S] (left padding), position_ids
+    i32[3, B, S] (from `get_rope_index`; a rope_deltas entry is not needed), optional pixel_values
+    f32[N, D] with grid_thw (static tuple of (t, h, w)). temperature 0 = greedy. Rows stop at
+    any of `eos_ids` (kept in the length) or, when `stop_sequences` is given (needs
+    `tokenizer`), after the token that completes a stop string.
+    """
+    for key in ("input_ids", "attention_mask", "position_ids"):
+        if key not in prompt_batch:
+            raise ValueError(f"prompt_batch lacks {key!r} (has {sorted(prompt_batch)})")
+    if max_new_tokens < 1 or num_samples < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} and num_samples={num_samples} must be >= 1")
+    if temperature < 0 or not 0.0 < top_p <= 1.0 or top_k < 0:
+        raise ValueError(f"bad sampling parameters: temperature={temperature}, top_k={top_k}, top_p={top_p}")
+    if stop_sequences and tokenizer is None:
+        raise ValueError("stop_sequences need a tokenizer to decode the generated ids")
+    input_ids = jnp.asarray(prompt_batch["input_ids"], jnp.int32)
+    mask = np.asarray(prompt_batch["attention_mask"])
+    if mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {input_ids.shape}")
+    if not mask[:, -1].all():
+        raise ValueError("prompts must be left-padded: attention_mask[:, -1] has zeros in rows "
+                         f"{np.flatnonzero(mask[:, -1] == 0).tolist()}")
+    grid = prompt_batch.get("grid_thw")
+    grid = tuple(tuple(int(v) for v in g) for g in np.asarray(grid).reshape(-1, 3)) if grid is not None else None
+    pixels = prompt_batch.get("pixel_values")
+    tokens, logprobs, lengths = _generate(
+        variables, input_ids, jnp.asarray(mask, jnp.int32),
+        jnp.asarray(prompt_batch["position_ids"], jnp.int32),
+        None if pixels is None else jnp.asarray(pixels, jnp.float32), rng,
+        jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p),
+        cfg=cfg, grid_thw=grid or None, num_samples=int(num_samples), max_new_tokens=int(max_new_tokens),
+        greedy=temperature == 0, top_k=int(top_k), use_top_p=top_p < 1.0,
+        eos_ids=tuple(int(e) for e in eos_ids), pad_id=int(pad_id),
+        cache_dtype=cache_dtype or cfg.dtype)
+    out = SampleOutput(np.asarray(tokens), np.asarray(logprobs), np.asarray(lengths))
+    if stop_sequences:
+        out = apply_stop_sequences(out, stop_sequences, tokenizer, pad_id)
+    return out

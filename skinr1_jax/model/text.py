@@ -1,0 +1,77 @@
+"""The Qwen2 language model of Qwen2.5-VL: grouped-query attention with q/k/v biases and
+multimodal rotary embeddings, SwiGLU MLP, RMSNorm, and an optional preallocated KV cache
+(k/v [layers, B, T, kv_heads, head_dim], written at `cache_index`).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from skinr1_jax.model.config import ModelConfig
+from skinr1_jax.model.layers import GatedMLP, Linear, RMSNorm, attention
+from skinr1_jax.model.rope import apply_rotary
+
+Cache = dict[str, jnp.ndarray]
+
+
+def _linear_kw(cfg: ModelConfig, deterministic: bool) -> dict:
+    return dict(lora=cfg.lora, deterministic=deterministic, dtype=cfg.dtype,
+                param_dtype=cfg.param_dtype)
+
+
+class SelfAttention(nn.Module):
+    cfg: ModelConfig
+    index: int
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray, mask: jnp.ndarray,
+                 cache: Cache | None, cache_index: jnp.ndarray | None
+                 ) -> tuple[jnp.ndarray, Cache | None]:
+        t = self.cfg.text
+        prefix = f"model.language_model.layers.{self.index}.self_attn"
+        kw = _linear_kw(self.cfg, self.deterministic)
+        b, s, _ = x.shape
+        hd, nh, nkv = t.head_dim, t.num_attention_heads, t.num_key_value_heads
+        q = Linear(nh * hd, ("embed", "heads"), f"{prefix}.q_proj", name="q_proj", **kw)(x)
+        k = Linear(nkv * hd, ("embed", "kv_heads"), f"{prefix}.k_proj", name="k_proj", **kw)(x)
+        v = Linear(nkv * hd, ("embed", "kv_heads"), f"{prefix}.v_proj", name="v_proj", **kw)(x)
+        q = apply_rotary(q.reshape(b, s, nh, hd), cos, sin)
+        k = apply_rotary(k.reshape(b, s, nkv, hd), cos, sin)
+        v = v.reshape(b, s, nkv, hd)
+        if cache is not None:
+            at = (self.index, 0, cache_index, 0, 0)
+            cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k[None].astype(cache["k"].dtype), at),
+                     "v": jax.lax.dynamic_update_slice(cache["v"], v[None].astype(cache["v"].dtype), at)}
+            k = cache["k"][self.index].astype(q.dtype)
+            v = cache["v"][self.index].astype(q.dtype)
+        out = attention(q, k, v, mask, hd ** -0.5).reshape(b, s, nh * hd)
+        out = Linear(t.hidden_size, ("heads", "embed"), f"{prefix}.o_proj", use_bias=False,
+                     name="o_proj", **kw)(out)
+        return out, cache
+
+
+class DecoderLayer(nn.Module):
+    cfg: ModelConfig
+    index: int
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray, mask: jnp.ndarray,
+                 cache: Cache | None, cache_index: jnp.ndarray | None
+                 ) -> tuple[jnp.ndarray, Cache | None]:
+        """x [B, S, D]; cos/sin f32[B, S, head_dim]; mask bool[B, S, T] (T = S without a cache,
+        the cache length with one)."""
+        c, t = self.cfg, self.cfg.text
+        norm = dict(eps=t.rms_norm_eps, axis_name="embed", dtype=c.dtype, param_dtype=c.param_dtype)
+        h = RMSNorm(**norm, name="input_layernorm")(x)
+        h, cache = SelfAttention(c, self.index, self.deterministic, name="self_attn")(
+            h, cos, sin, mask, cache, cache_index)
+        x = x + h
+        mlp = GatedMLP(t.hidden_size, t.intermediate_size, ("embed", "mlp"),
+                       f"model.language_model.layers.{self.index}.mlp", False, name="mlp",
+                       **_linear_kw(c, self.deterministic))
+        x = x + mlp(RMSNorm(**norm, name="post_attention_layernorm")(x))
+        return x, cache

@@ -1,0 +1,124 @@
+"""The Qwen2.5-VL vision tower: patch embedding, windowed / full attention blocks with 2-D
+rotary embeddings, and the patch merger. Window order and attention segments are computed in
+numpy from the static `grid_thw`.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from skinr1_jax.model.config import ModelConfig
+from skinr1_jax.model.layers import GatedMLP, Linear, RMSNorm, attention
+from skinr1_jax.model.rope import (GridTHW, apply_rotary, segment_ids, vision_cos_sin,
+                                   vision_cu_seqlens, vision_position_ids, vision_window_index)
+
+VISION_NORM_EPS = 1e-6
+
+
+def _linear_kw(cfg: ModelConfig, deterministic: bool) -> dict:
+    return dict(lora=cfg.lora, deterministic=deterministic, dtype=cfg.dtype,
+                param_dtype=cfg.param_dtype)
+
+
+def _norm(cfg: ModelConfig, name: str) -> RMSNorm:
+    return RMSNorm(VISION_NORM_EPS, "vision_embed", cfg.dtype, cfg.param_dtype, name=name)
+
+
+class VisionAttention(nn.Module):
+    cfg: ModelConfig
+    prefix: str
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray,
+                 mask: jnp.ndarray) -> jnp.ndarray:
+        v = self.cfg.vision
+        kw = _linear_kw(self.cfg, self.deterministic)
+        n = x.shape[0]
+        qkv = Linear(3 * v.hidden_size, ("vision_embed", "vision_qkv"), f"{self.prefix}.qkv",
+                     name="qkv", **kw)(x)
+        q, k, val = jnp.moveaxis(qkv.reshape(n, 3, v.num_heads, v.head_dim), 1, 0)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        out = attention(q[None], k[None], val[None], mask[None], v.head_dim ** -0.5)[0]
+        return Linear(v.hidden_size, ("vision_heads", "vision_embed"), f"{self.prefix}.proj",
+                      name="proj", **kw)(out.reshape(n, v.hidden_size))
+
+
+class VisionBlock(nn.Module):
+    cfg: ModelConfig
+    index: int
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray,
+                 mask: jnp.ndarray) -> jnp.ndarray:
+        """x [N, D]; cos/sin f32[N, head_dim]; mask bool[N, N] (block-diagonal segments)."""
+        v = self.cfg.vision
+        prefix = f"model.visual.blocks.{self.index}"
+        x = x + VisionAttention(self.cfg, f"{prefix}.attn", self.deterministic, name="attn")(
+            _norm(self.cfg, "norm1")(x), cos, sin, mask)
+        mlp = GatedMLP(v.hidden_size, v.intermediate_size, ("vision_embed", "vision_mlp"),
+                       f"{prefix}.mlp", True, name="mlp", **_linear_kw(self.cfg, self.deterministic))
+        return x + mlp(_norm(self.cfg, "norm2")(x))
+
+
+class PatchMerger(nn.Module):
+    """RMSNorm, group merge x merge neighbouring patches, Linear-GELU-Linear to the LM width."""
+
+    cfg: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        v = self.cfg.vision
+        kw = _linear_kw(self.cfg, self.deterministic)
+        merged = v.hidden_size * v.spatial_merge_size ** 2
+        x = _norm(self.cfg, "ln_q")(x).reshape(-1, merged)
+        x = Linear(merged, ("vision_merge_in", "vision_merge"), "model.visual.merger.mlp.0",
+                   name="mlp_0", **kw)(x)
+        x = nn.gelu(x, approximate=False)
+        return Linear(v.out_hidden_size, ("vision_merge", "embed"), "model.visual.merger.mlp.2",
+                      name="mlp_2", **kw)(x)
+
+
+class VisionTower(nn.Module):
+    cfg: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, pixel_values: jnp.ndarray, grid_thw: GridTHW) -> jnp.ndarray:
+        """pixel_values [N, C*Tp*P*P] in the HF processor's patch order -> image features
+        [N / merge^2, out_hidden_size] in the same (merged) order."""
+        v, c = self.cfg.vision, self.cfg
+        grid_thw = tuple(tuple(int(d) for d in g) for g in grid_thw)
+        n = sum(t * h * w for t, h, w in grid_thw)
+        if pixel_values.shape != (n, v.patch_dim):
+            raise ValueError(f"pixel_values shape {pixel_values.shape} does not match grid_thw "
+                             f"{grid_thw}: expected {(n, v.patch_dim)}")
+        unit = v.spatial_merge_size ** 2
+        kernel = self.param("patch_embed", nn.with_logical_partitioning(
+            nn.initializers.normal(0.02), ("vision_patch", "vision_embed")),
+            (v.patch_dim, v.hidden_size), jnp.dtype(c.param_dtype))
+        x = jnp.dot(pixel_values.astype(c.dtype), kernel.astype(c.dtype))
+
+        window_index, cu_window = vision_window_index(grid_thw, v.spatial_merge_size,
+                                                      v.window_size, v.patch_size)
+        # Reorder merge groups so every window is contiguous; the patch order inside a group stays.
+        patch_order = (window_index[:, None] * unit + np.arange(unit)).reshape(-1)
+        x = x[patch_order]
+        cos, sin = vision_cos_sin(vision_position_ids(grid_thw, v.spatial_merge_size)[patch_order],
+                                  v.head_dim)
+        seg_full = segment_ids(vision_cu_seqlens(grid_thw))
+        seg_window = segment_ids(cu_window)
+        full_mask = jnp.asarray(seg_full[:, None] == seg_full[None, :])
+        window_mask = jnp.asarray(seg_window[:, None] == seg_window[None, :])
+        for i in range(v.depth):
+            mask = full_mask if i in v.fullatt_block_indexes else window_mask
+            block = VisionBlock
+            if c.remat:
+                block = nn.remat(VisionBlock)
+            x = block(c, i, self.deterministic, name=f"blocks_{i}")(x, cos, sin, mask)
+        merged = PatchMerger(c, self.deterministic, name="merger")(x)
+        return merged[np.argsort(window_index)]

@@ -1,0 +1,184 @@
+"""Qwen2.5-VL for conditional generation as pure functions over variable pytrees.
+
+    variables = init_variables(cfg, rng)          # {"params": ..., "lora": ...}, boxed with logical axes
+    logits, cache = forward(cfg, variables, batch, grid_thw=((1, 8, 8),))
+
+Variables may be boxed (`nn.LogicallyPartitioned`, as `init_variables` returns them) or plain
+arrays (`unbox`, `hf_io.load_hf`); `forward` accepts both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from skinr1_jax.model.config import ModelConfig, validate
+from skinr1_jax.model.layers import Linear, RMSNorm
+from skinr1_jax.model.rope import GridTHW, mrope_cos_sin
+from skinr1_jax.model.text import Cache, DecoderLayer
+from skinr1_jax.model.vision import VisionTower
+
+Variables = dict[str, Any]
+CACHE_AXES = ("layers", "batch", "cache_len", "kv_heads", "head_dim")
+
+
+def _scatter_image_features(embeds: jnp.ndarray, input_ids: jnp.ndarray, image_token_id: int,
+                            features: jnp.ndarray) -> jnp.ndarray:
+    """Put features[i] at the i-th image token (row-major over [B, S]), like masked_scatter."""
+    is_image = input_ids == image_token_id
+    if not isinstance(input_ids, jax.core.Tracer):
+        found = int(np.asarray(is_image).sum())
+        if found != features.shape[0]:
+            raise ValueError(f"input_ids hold {found} image tokens (id {image_token_id}) but the "
+                             f"images give {features.shape[0]} features")
+    flat = is_image.reshape(-1)
+    idx = jnp.clip(jnp.cumsum(flat) - 1, 0, features.shape[0] - 1)
+    gathered = features[idx].reshape(embeds.shape).astype(embeds.dtype)
+    return jnp.where(is_image[..., None], gathered, embeds)
+
+
+class LanguageModel(nn.Module):
+    cfg: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, input_ids: jnp.ndarray, image_features: jnp.ndarray | None,
+                 position_ids: jnp.ndarray, mask: jnp.ndarray, cache: Cache | None,
+                 cache_index: jnp.ndarray | None) -> tuple[jnp.ndarray, jnp.ndarray, Cache | None]:
+        c, t = self.cfg, self.cfg.text
+        table = self.param("embed_tokens", nn.with_logical_partitioning(
+            nn.initializers.normal(0.02), ("vocab", "embed")), (t.vocab_size, t.hidden_size),
+            jnp.dtype(c.param_dtype))
+        x = table.astype(c.dtype)[input_ids]
+        if image_features is not None:
+            x = _scatter_image_features(x, input_ids, c.image_token_id, image_features)
+        cos, sin = mrope_cos_sin(position_ids, t.head_dim, t.rope_theta, t.mrope_section)
+        layer_cls = nn.remat(DecoderLayer) if c.remat else DecoderLayer
+        for i in range(t.num_hidden_layers):
+            x, cache = layer_cls(c, i, self.deterministic, name=f"layers_{i}")(
+                x, cos, sin, mask, cache, cache_index)
+        x = RMSNorm(t.rms_norm_eps, "embed", c.dtype, c.param_dtype, name="norm")(x)
+        return x, table, cache
+
+
+class Qwen2_5_VL(nn.Module):
+    cfg: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, input_ids: jnp.ndarray, attention_mask: jnp.ndarray | None,
+                 position_ids: jnp.ndarray, pixel_values: jnp.ndarray | None,
+                 grid_thw: GridTHW | None, cache: Cache | None, cache_index: jnp.ndarray | None
+                 ) -> tuple[jnp.ndarray, Cache | None]:
+        c = self.cfg
+        b, s = input_ids.shape
+        features = None
+        if pixel_values is not None:
+            if not grid_thw:
+                raise ValueError("pixel_values given without grid_thw")
+            features = VisionTower(c, self.deterministic, name="visual")(pixel_values, grid_thw)
+        mask = _attention_mask(b, s, attention_mask, cache, cache_index)
+        h, table, cache = LanguageModel(c, self.deterministic, name="language_model")(
+            input_ids, features, position_ids, mask, cache, cache_index)
+        if c.text.tie_word_embeddings:
+            logits = jnp.dot(h, table.astype(c.dtype).T, preferred_element_type=jnp.float32)
+        else:
+            logits = Linear(c.text.vocab_size, ("embed", "vocab"), "lm_head", use_bias=False,
+                            lora=c.lora, deterministic=self.deterministic, dtype=c.dtype,
+                            param_dtype=c.param_dtype, name="lm_head")(h)
+        return logits.astype(jnp.float32), cache
+
+
+def _attention_mask(b: int, s: int, attention_mask: jnp.ndarray | None, cache: Cache | None,
+                    cache_index: jnp.ndarray | None) -> jnp.ndarray:
+    """bool[B, S, T]: causal by slot index and key padding. Without a cache the S tokens are
+    slots 0..S-1; with one, they are slots cache_index..cache_index+S-1 of T cache slots."""
+    if cache is None:
+        t, start = s, 0
+    else:
+        if cache_index is None:
+            raise ValueError("forward with a cache needs cache_index (the slot of the first new token)")
+        t, start = cache["k"].shape[2], cache_index
+    if attention_mask is None:
+        attention_mask = jnp.ones((b, t), jnp.int32)
+    if attention_mask.shape != (b, t):
+        what = f"the cache length {t}" if cache is not None else f"the sequence length {s}"
+        raise ValueError(f"attention_mask shape {attention_mask.shape} must be {(b, t)} ({what})")
+    causal = jnp.arange(t)[None, :] <= (start + jnp.arange(s))[:, None]
+    return causal[None] & (attention_mask[:, None, :] != 0)
+
+
+def forward(cfg: ModelConfig, variables: Variables, batch: dict[str, Any], *,
+            grid_thw: GridTHW | None = None, cache: Cache | None = None,
+            cache_index: jnp.ndarray | int | None = None, deterministic: bool = True,
+            rngs: dict[str, jax.Array] | None = None) -> tuple[jnp.ndarray, Cache | None]:
+    """Logits f32[B, S, V] for batch {input_ids i32[B,S], attention_mask i32[B,S] ([B,T] with a
+    cache), position_ids i32[3,B,S], pixel_values f32[N, C*Tp*P*P] (optional)} and the updated
+    cache. `grid_thw` is static: (t, h, w) per image in order of appearance."""
+    input_ids = jnp.asarray(batch["input_ids"], jnp.int32)
+    position_ids = batch.get("position_ids")
+    if position_ids is None:
+        raise ValueError("batch needs position_ids i32[3, B, S] (see get_rope_index)")
+    position_ids = jnp.asarray(position_ids, jnp.int32)
+    if position_ids.shape != (3, *input_ids.shape):
+        raise ValueError(f"position_ids shape {position_ids.shape} must be {(3, *input_ids.shape)}")
+    attention_mask = batch.get("attention_mask")
+    if attention_mask is not None:
+        attention_mask = jnp.asarray(attention_mask)
+    pixel_values = batch.get("pixel_values")
+    if cache_index is not None:
+        cache_index = jnp.asarray(cache_index, jnp.int32)
+    model = Qwen2_5_VL(cfg, deterministic)
+    return model.apply(dict(variables), input_ids, attention_mask, position_ids, pixel_values,
+                       tuple(grid_thw) if grid_thw else None, cache, cache_index, rngs=rngs or {})
+
+
+def init_variables(cfg: ModelConfig, rng: jax.Array) -> Variables:
+    """Random {"params": ..., "lora": ...} (lora only when cfg.lora.rank > 0), every leaf an
+    `nn.LogicallyPartitioned` carrying its logical axis names."""
+    validate(cfg)
+    m = cfg.vision.spatial_merge_size
+    grid = ((1, m, m),)
+    ids = np.array([[cfg.vision_start_token_id, cfg.image_token_id, cfg.vision_end_token_id]], np.int32)
+    pixels = jnp.zeros((m * m, cfg.vision.patch_dim), jnp.float32)
+    positions = jnp.zeros((3, 1, 3), jnp.int32)
+    model = Qwen2_5_VL(cfg, True)
+
+    @jax.jit
+    def init(key: jax.Array) -> Variables:
+        params_key, lora_key = jax.random.split(key)
+        return model.init({"params": params_key, "lora": lora_key}, jnp.asarray(ids), None, positions,
+                          pixels, grid, None, None)
+
+    return dict(init(rng))
+
+
+def abstract_variables(cfg: ModelConfig) -> Variables:
+    """init_variables' tree of boxed jax.ShapeDtypeStruct (no memory, no compute)."""
+    return jax.eval_shape(lambda k: init_variables(cfg, k), jax.random.key(0))
+
+
+def logical_axes(variables: Variables | ModelConfig) -> Any:
+    """Pytree of `PartitionSpec`s of logical axis names, matching `unbox(variables)`. Pass boxed
+    variables (init_variables / abstract_variables) or a ModelConfig."""
+    if isinstance(variables, ModelConfig):
+        variables = abstract_variables(variables)
+    return nn.get_partition_spec(variables)
+
+
+def unbox(variables: Variables) -> Variables:
+    """Plain arrays (drops the logical-axis boxes)."""
+    return nn.meta.unbox(variables)
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype: Any = None) -> Cache:
+    """Zeroed KV cache {"k", "v"}: [layers, B, max_len, kv_heads, head_dim] (logical axes
+    CACHE_AXES), dtype defaulting to the compute dtype."""
+    t = cfg.text
+    shape = (t.num_hidden_layers, batch_size, max_len, t.num_key_value_heads, t.head_dim)
+    dtype = jnp.dtype(dtype or cfg.dtype)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}

@@ -1,0 +1,68 @@
+"""Multi-process start-up: jax.distributed on TPU pods and GPU clusters, and the data shard
+each process reads."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import jax
+
+# Environment variables that show a multi-process launch.
+_TPU_POD_VARS = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+_COORDINATOR_VARS = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
+
+
+def multiprocess_env(env: Mapping[str, str] | None = None) -> str | None:
+    """'tpu', 'slurm' or 'coordinator' when the environment describes a multi-process run,
+    else None (single process)."""
+    env = os.environ if env is None else env
+    hosts = env.get("TPU_WORKER_HOSTNAMES", "")
+    if "," in hosts or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        return "tpu"
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in env:
+        return "slurm"
+    if any(env.get(v) for v in _COORDINATOR_VARS):
+        return "coordinator"
+    return None
+
+
+def maybe_initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
+    """Call `jax.distributed.initialize()` when running as one of several processes; must run
+    before anything touches devices. Returns whether it initialised.
+
+    TPU pods and SLURM are auto-detected by JAX's cluster plugins; a generic cluster sets
+    JAX_COORDINATOR_ADDRESS (host:port), JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+    """
+    env = os.environ if env is None else env
+    kind = multiprocess_env(env)
+    if kind is None:
+        return False
+    if kind == "coordinator":
+        address = env.get("JAX_COORDINATOR_ADDRESS") or env["COORDINATOR_ADDRESS"]
+        missing = [v for v in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if v not in env]
+        if missing:
+            raise RuntimeError(f"JAX_COORDINATOR_ADDRESS={address} is set but {missing} are not")
+        jax.distributed.initialize(coordinator_address=address,
+                                   num_processes=int(env["JAX_NUM_PROCESSES"]),
+                                   process_id=int(env["JAX_PROCESS_ID"]))
+    else:
+        jax.distributed.initialize()
+    return True
+
+
+def data_shard() -> tuple[int, int]:
+    """(index, count) of this process's data shard: each process reads 1/count of the data."""
+    return jax.process_index(), jax.process_count()
+
+
+def per_process_batch(global_batch: int) -> int:
+    """Rows this process loads for a global batch of `global_batch` rows."""
+    count = jax.process_count()
+    if global_batch % count:
+        raise ValueError(f"global batch {global_batch} is not divisible by the {count} processes")
+    return global_batch // count
+
+
+def is_main_process() -> bool:
+    return jax.process_index() == 0

@@ -1,0 +1,43 @@
+"""Supervised loss. Every loss here returns (sum, count) so accumulation over micro-batches
+and devices is exact; the caller divides by the global count.
+
+Alignment convention (shared with grpo.py): masks live in *input-token coordinates*. For
+`input_ids[b, t]`, `mask[b, t] = 1` means "token t is a target"; it is predicted by the logits at
+position t - 1. Position 0 is never a target.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def token_logprobs(logits: jax.Array, input_ids: jax.Array, temperature: float = 1.0
+                   ) -> jax.Array:
+    """log p(input_ids[t] | input_ids[<t]) at `temperature`, f32[B, S] with 0 at t = 0."""
+    logits = logits[:, :-1].astype(jnp.float32) / temperature
+    targets = input_ids[:, 1:]
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    lp = picked - logz
+    return jnp.pad(lp, ((0, 0), (1, 0)))
+
+
+def token_entropy(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """Entropy of the next-token distribution at `temperature`, f32[B, S] aligned like
+    `token_logprobs` (entry t is the entropy of the distribution that predicted token t)."""
+    logits = logits[:, :-1].astype(jnp.float32) / temperature
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    ent = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+    return jnp.pad(ent, ((0, 0), (1, 0)))
+
+
+def sft_loss(logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Array
+             ) -> tuple[jax.Array, jax.Array]:
+    """Token-level cross-entropy over target tokens (assistant turn): (sum, count)."""
+    if logits.shape[:2] != input_ids.shape or loss_mask.shape != input_ids.shape:
+        raise ValueError(f"sft_loss: logits {logits.shape}, input_ids {input_ids.shape}, "
+                         f"loss_mask {loss_mask.shape} disagree on [B, S]")
+    mask = loss_mask.astype(jnp.float32).at[:, 0].set(0.0)
+    nll = -token_logprobs(logits, input_ids)
+    return jnp.sum(nll * mask), jnp.sum(mask)

@@ -1,0 +1,243 @@
+"""The KV-cache sampler: greedy equals transformers `generate`; cached decoding equals a full
+forward over prompt + completion; sampled frequencies follow softmax(logits / T) restricted
+to the top-k / top-p support; EOS and stop strings; no recompilation for equal shapes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from skinr1_jax.model import forward, get_rope_index, init_variables, tiny_config, unbox
+from skinr1_jax.model.sampler import choose_tokens, filter_logits, sample, trace_count
+from skinr1_jax.model.tokenizer import build_embedded_tokenizer
+
+GRID = ((1, 4, 4),)
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    corpus = ["the lesion is a scaly red plaque on the elbow", "melanoma has an irregular border"] * 20
+    return build_embedded_tokenizer(corpus, 512, tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    cfg = tiny_config(tok.vocab_size, **tok.model_token_ids())
+    variables = unbox(init_variables(cfg, jax.random.key(0)))
+    # Random init gives near-uniform logits; a larger head spreads them so that argmax and
+    # top-k/top-p supports are well separated.
+    params = dict(variables["params"])
+    params["lm_head"] = {"kernel": params["lm_head"]["kernel"] * 40.0}
+    return cfg, {**variables, "params": params}
+
+
+def _prompts(cfg, tok, texts_with_image, width=None):
+    """Left-padded batch (to `width` when given); each entry (text, has_image)."""
+    m2 = cfg.vision.spatial_merge_size ** 2
+    rows, grids = [], []
+    for text, has_image in texts_with_image:
+        ids = tok.encode(text)
+        if has_image:
+            t, h, w = GRID[0]
+            ids = [tok.vision_start_id] + [tok.image_pad_id] * (t * h * w // m2) + [tok.vision_end_id] + ids
+            grids.append(GRID[0])
+        rows.append(ids)
+    s = width or max(len(r) for r in rows)
+    ids = np.full((len(rows), s), tok.pad_id, np.int32)
+    mask = np.zeros((len(rows), s), np.int32)
+    for i, r in enumerate(rows):
+        ids[i, s - len(r):] = r
+        mask[i, s - len(r):] = 1
+    grid = tuple(grids)
+    pos, deltas = get_rope_index(cfg, ids, mask, grid or None)
+    batch = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "rope_deltas": deltas}
+    if grid:
+        n = sum(t * h * w for t, h, w in grid)
+        rng = np.random.default_rng(0)
+        batch["pixel_values"] = rng.standard_normal((n, cfg.vision.patch_dim)).astype(np.float32)
+        batch["grid_thw"] = grid
+    return batch
+
+
+def _full_forward(cfg, variables, batch, completions):
+    """Logits of one uncached forward over [prompt | completion] per row (left padding kept)."""
+    ids = np.concatenate([batch["input_ids"], completions], axis=1)
+    mask = np.concatenate([batch["attention_mask"], np.ones_like(completions)], axis=1)
+    grid = batch.get("grid_thw")
+    pos, _ = get_rope_index(cfg, ids, mask, grid)
+    full = {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
+    if grid:
+        full["pixel_values"] = batch["pixel_values"]
+    logits, _ = forward(cfg, variables, full, grid_thw=grid)
+    return np.asarray(logits)
+
+
+def test_cached_greedy_equals_full_forward(model, tok):
+    cfg, variables = model
+    batch = _prompts(cfg, tok, [("what is this lesion?", True), ("scaly plaque", False)])
+    s, new = batch["input_ids"].shape[1], 6
+    out = sample(cfg, variables, batch, temperature=0.0, max_new_tokens=new, eos_ids=(), rng=jax.random.key(0),
+                 pad_id=tok.pad_id)
+    assert out.tokens.shape == (2, new) and out.tokens.dtype == np.int32
+    np.testing.assert_array_equal(out.lengths, [new, new])
+    logits = _full_forward(cfg, variables, batch, out.tokens)[:, s - 1: s - 1 + new]
+    np.testing.assert_array_equal(out.tokens, logits.argmax(-1))
+    expected_lp = np.take_along_axis(jax.nn.log_softmax(logits, -1), out.tokens[..., None], -1)[..., 0]
+    np.testing.assert_allclose(out.logprobs, expected_lp, atol=2e-4)
+
+
+def test_samples_per_prompt_are_grouped_and_eos_stops(model, tok):
+    cfg, variables = model
+    batch = _prompts(cfg, tok, [("red plaque", False), ("irregular border", False)])
+    greedy = sample(cfg, variables, batch, temperature=0.0, max_new_tokens=5, eos_ids=(),
+                    rng=jax.random.key(0), pad_id=tok.pad_id)
+    rep = sample(cfg, variables, batch, num_samples=3, temperature=0.0, max_new_tokens=5, eos_ids=(),
+                 rng=jax.random.key(0), pad_id=tok.pad_id)
+    np.testing.assert_array_equal(rep.tokens, np.repeat(greedy.tokens, 3, axis=0))
+    # Make a later greedy token of prompt 0 (its first occurrence) an EOS: the row stops there.
+    row = greedy.tokens[0].tolist()
+    j = next(j for j in range(1, 5) if row[j] not in row[:j])
+    eos = row[j]
+    out = sample(cfg, variables, batch, temperature=0.0, max_new_tokens=5, eos_ids=(eos,),
+                 rng=jax.random.key(0), pad_id=tok.pad_id)
+    assert out.lengths[0] == j + 1  # EOS included
+    np.testing.assert_array_equal(out.tokens[0, : j + 1], greedy.tokens[0, : j + 1])
+    assert (out.tokens[0, j + 1:] == tok.pad_id).all() and (out.logprobs[0, j + 1:] == 0).all()
+    k = int(np.argmax(np.append(greedy.tokens[1] == eos, True)))
+    assert out.lengths[1] == min(k + 1, 5)
+
+
+def test_first_step_distribution_matches_softmax(model, tok):
+    cfg, variables = model
+    batch = _prompts(cfg, tok, [("the lesion", True)])
+    temperature, n = 0.7, 4000
+    out = sample(cfg, variables, batch, num_samples=n, temperature=temperature, max_new_tokens=1,
+                 eos_ids=(), rng=jax.random.key(7), pad_id=tok.pad_id)
+    logits = _full_forward(cfg, variables, batch, np.zeros((1, 0), np.int32))[0, -1]
+    z = logits.astype(np.float64) / temperature
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    assert p.max() < 0.9  # a genuinely random case
+    np.testing.assert_allclose(out.logprobs[:, 0], np.log(p[out.tokens[:, 0]]), atol=2e-4)
+    # Chi-square over the tokens expected >= 5 times, the rest pooled into one bin.
+    counts = np.bincount(out.tokens[:, 0], minlength=p.size)
+    big = p * n >= 5
+    obs = np.append(counts[big], counts[~big].sum())
+    exp = np.append(p[big], p[~big].sum()) * n
+    assert big.sum() >= 5
+    assert stats.chisquare(obs, exp).pvalue > 1e-3
+
+
+def test_top_k_and_top_p_restrict_support(model, tok):
+    cfg, variables = model
+    batch = _prompts(cfg, tok, [("melanoma", False)])
+    logits = _full_forward(cfg, variables, batch, np.zeros((1, 0), np.int32))[0, -1]
+    order = np.argsort(-logits)
+    out = sample(cfg, variables, batch, num_samples=500, temperature=1.0, top_k=3, max_new_tokens=1,
+                 eos_ids=(), rng=jax.random.key(1), pad_id=tok.pad_id)
+    assert set(out.tokens[:, 0].tolist()) == set(order[:3].tolist())
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    top_p = 0.6
+    nucleus = order[: int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1]
+    out = sample(cfg, variables, batch, num_samples=500, temperature=1.0, top_p=top_p, max_new_tokens=1,
+                 eos_ids=(), rng=jax.random.key(2), pad_id=tok.pad_id)
+    assert set(out.tokens[:, 0].tolist()) <= set(nucleus.tolist())
+    assert len(set(out.tokens[:, 0].tolist())) > 1
+
+
+def test_choose_tokens_frequencies_on_fixed_logits():
+    logits = jnp.log(jnp.array([0.05, 0.4, 0.1, 0.3, 0.15]))
+    draws = 6000
+    batch = jnp.broadcast_to(logits, (draws, 5))
+    for top_k, top_p, support in [(0, 1.0, [0, 1, 2, 3, 4]), (2, 1.0, [1, 3]), (0, 0.8, [1, 3, 4]),
+                                  (4, 0.5, [1, 3])]:
+        ids, lp = choose_tokens(jax.random.key(top_k), batch, jnp.float32(1.0), greedy=False, top_k=top_k,
+                                top_p=jnp.float32(top_p), use_top_p=top_p < 1)
+        freq = np.bincount(np.asarray(ids), minlength=5) / draws
+        q = np.zeros(5)
+        q[support] = np.exp(np.asarray(logits))[support]
+        q /= q.sum()
+        assert set(np.flatnonzero(freq)) == set(support)
+        assert 0.5 * np.abs(freq - q).sum() < 0.03
+        np.testing.assert_allclose(lp, np.asarray(jax.nn.log_softmax(logits))[np.asarray(ids)], atol=1e-6)
+    assert np.isneginf(np.asarray(filter_logits(logits, top_k=1, use_top_p=False))).sum() == 4
+    ids, _ = choose_tokens(jax.random.key(0), batch[:3], jnp.float32(1.0), greedy=True, top_k=0,
+                           top_p=jnp.float32(1.0), use_top_p=False)
+    np.testing.assert_array_equal(ids, [1, 1, 1])
+
+
+def test_stop_strings_cut_after_completing_token(model, tok):
+    cfg, variables = model
+    batch = _prompts(cfg, tok, [("scaly plaque on the", False)])
+    free = sample(cfg, variables, batch, temperature=0.0, max_new_tokens=8, eos_ids=(), rng=jax.random.key(0),
+                  pad_id=tok.pad_id)
+    text = [tok.decode(free.tokens[0, :k]) for k in range(9)]
+    k = next(k for k in range(2, 8)
+             if len(text[k]) > len(text[k - 1]) >= 1 and text[k].startswith(text[k - 1]))
+    stop = text[k][len(text[k - 1]) - 1:]  # spans the boundary between tokens k-1 and k
+    assert all(stop not in text[j] for j in range(k))
+    out = sample(cfg, variables, batch, temperature=0.0, max_new_tokens=8, eos_ids=(), rng=jax.random.key(0),
+                 pad_id=tok.pad_id, stop_sequences=["\x00never", stop], tokenizer=tok)
+    assert out.lengths[0] == k
+    np.testing.assert_array_equal(out.tokens[0, :k], free.tokens[0, :k])
+    assert (out.tokens[0, k:] == tok.pad_id).all() and (out.logprobs[0, k:] == 0).all()
+
+
+def test_equal_shapes_never_recompile(model, tok):
+    cfg, variables = model
+    a = _prompts(cfg, tok, [("red plaque", True), ("border", False)], width=40)
+    b = _prompts(cfg, tok, [("elbow lesion", True), ("scaly", False)], width=40)
+    kw = dict(max_new_tokens=3, eos_ids=(tok.eos_id,), pad_id=tok.pad_id, num_samples=2)
+    sample(cfg, variables, a, temperature=1.0, top_p=0.9, rng=jax.random.key(0), **kw)
+    before = trace_count()
+    # New prompt contents, rng, temperature and top_p values: same program.
+    sample(cfg, variables, b, temperature=0.5, top_p=0.7, rng=jax.random.key(1), **kw)
+    sample(cfg, variables, a, temperature=1.3, top_p=0.95, rng=jax.random.key(2), **kw)
+    assert trace_count() == before
+    sample(cfg, variables, a, temperature=1.0, top_p=0.9, rng=jax.random.key(0), **{**kw, "max_new_tokens": 4})
+    assert trace_count() == before + 1
+
+
+def test_bad_prompt_batches_are_named(model, tok):
+    cfg, variables = model
+    batch = _prompts(cfg, tok, [("red", False)])
+    right_padded = {**batch, "attention_mask": np.concatenate([batch["attention_mask"][:, 1:], [[0]]], 1)}
+    kw = dict(max_new_tokens=2, eos_ids=(), rng=jax.random.key(0), pad_id=tok.pad_id)
+    with pytest.raises(ValueError, match="left-padded"):
+        sample(cfg, variables, right_padded, **kw)
+    with pytest.raises(ValueError, match="position_ids"):
+        sample(cfg, variables, {k: v for k, v in batch.items() if k != "position_ids"}, **kw)
+    with pytest.raises(ValueError, match="tokenizer"):
+        sample(cfg, variables, batch, stop_sequences=["x"], **kw)
+
+
+def test_greedy_equals_transformers_generate(tmp_path):
+    torch = pytest.importorskip("torch")
+    from skinr1_jax.model.convert import random_batch, write_random_hf_checkpoint
+    from skinr1_jax.model.hf_io import load_hf
+
+    cfg = tiny_config(300)
+    hf_model = write_random_hf_checkpoint(cfg, tmp_path, seed=3, scale=0.2)
+    cfg, variables = load_hf(tmp_path)
+    # Row 0 carries an 8x8-patch image; row 1 is text only and left-padded.
+    batch = random_batch(cfg, ((1, 8, 8),), seed=1, batch_size=2)
+    new = 12
+    with jax.default_matmul_precision("highest"):
+        out = sample(cfg, variables, batch, temperature=0.0, max_new_tokens=new, eos_ids=(),
+                     rng=jax.random.key(0), pad_id=0)
+    ids = torch.as_tensor(batch["input_ids"], dtype=torch.long)
+    hf_model.model.rope_deltas = None
+    with torch.no_grad():
+        ref = hf_model.generate(
+            input_ids=ids, attention_mask=torch.as_tensor(batch["attention_mask"], dtype=torch.long),
+            mm_token_type_ids=(ids == cfg.image_token_id).to(torch.int32),
+            pixel_values=torch.as_tensor(batch["pixel_values"]),
+            image_grid_thw=torch.as_tensor(np.asarray(batch["grid_thw"]), dtype=torch.long),
+            do_sample=False, max_new_tokens=new, eos_token_id=None, pad_token_id=0)
+    ref_new = ref[:, ids.shape[1]:].numpy()
+    assert ref_new.shape == (2, new)
+    np.testing.assert_array_equal(out.tokens, ref_new)
