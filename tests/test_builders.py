@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from skinr1_jax.data import splits
@@ -188,6 +189,17 @@ def test_pad_ufes20_60_20_20_by_patient(pad, tax):
             assert ex["label"] == "seborrheic keratosis" and ex["malignancy"] == "benign"
 
 
+def test_read_back_under_another_taxonomy_and_by_name(pad, tax):
+    builder, read, _ = pad
+    data_dir = Path(builder.data_dir).parents[1]
+    labels = sorted({ex["label"] for exs in read.values() for ex in exs})
+    sub = tax.subset(labels)  # renumbered ids: stored ids are stale, names are not
+    for ex in load_examples("pad_ufes20", "test", data_dir, taxonomy=sub):
+        assert ex["node"] == sub.id(ex["label"]) and ex["path"] == sub.path(ex["node"])
+    source = tfds.data_source("pad_ufes20", split="test", data_dir=str(data_dir))
+    assert len(source) == len(read["test"])
+
+
 def test_fractional_training_subset_reads_back(pad):
     builder, read, _ = pad
     data_dir = Path(builder.data_dir).parents[1]
@@ -204,8 +216,8 @@ def test_fractional_training_subset_reads_back(pad):
 def derm7pt(tmp_path_factory):
     root = tmp_path_factory.mktemp("derm7pt")
     man = root / "manual"
-    diagnoses = ("clark nevus", "melanoma (less than 0.76 mm)", "seborrheic keratosis",
-                 "reed or spitz nevus", "basal cell carcinoma", "blue nevus", "melanosis", "dermal nevus", "vascular lesion")
+    diagnoses = ("clark nevus", "melanoma (less than 0.76 mm)", "seborrheic keratosis", "reed or spitz nevus",
+                 "basal cell carcinoma", "blue nevus", "melanosis", "dermal nevus", "vascular lesion")
     rows = []
     for i, dx in enumerate(diagnoses):
         clinic, derm = f"Aal/Aal{i:03d}.jpg", f"Aal/Aal{i:03d}d.jpg"

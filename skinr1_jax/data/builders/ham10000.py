@@ -8,7 +8,8 @@ from skinr1_jax.data.builders.common import (
     DatasetFormatError, DermBuilder, ImageIndex, RawRecord, find_file, read_table)
 
 _ONE_HOT = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
-_TEST_GT = ("ISIC2018_Task3_Test_GroundTruth.csv", "ISIC2018_Task3_Test_GroundTruth/ISIC2018_Task3_Test_GroundTruth.csv")
+_TEST_GT = ("ISIC2018_Task3_Test_GroundTruth.csv",
+            "ISIC2018_Task3_Test_GroundTruth/ISIC2018_Task3_Test_GroundTruth.csv")
 
 
 class Ham10000(DermBuilder):

@@ -74,13 +74,13 @@ class OmnimedvqaDerm(DermBuilder):
                     raise DatasetFormatError(f"{path}: entry {i} lacks key(s) {missing}")
                 if q["question_type"] != QUESTION_TYPE:
                     continue
-                options = [str(q[k]) for k in _OPTIONS if q.get(k) not in (None, "")]
-                if str(q["gt_answer"]) not in options:
+                options = [str(q[k]).strip() for k in _OPTIONS if q.get(k) not in (None, "")]
+                if str(q["gt_answer"]).strip() not in options:
                     raise DatasetFormatError(f"{path}: entry {i} answer {q['gt_answer']!r} is not among {options}")
                 qid = str(q.get("question_id", i))
                 records.append(RawRecord(
                     id=f"{path.stem}/{qid}", image=root / q["image_path"], raw_label=str(q["gt_answer"]),
                     split="test",
                     extra={"question": str(q["question"]), "options": options,
-                           "answer": str(q["gt_answer"]), "subset": path.stem}))
+                           "answer": str(q["gt_answer"]).strip(), "subset": path.stem}))
         return records
