@@ -113,7 +113,7 @@ def test_samples_per_prompt_are_grouped_and_eos_stops(model, tok):
 def test_first_step_distribution_matches_softmax(model, tok):
     cfg, variables = model
     batch = _prompts(cfg, tok, [("the lesion", True)])
-    temperature, n = 1.0, 4000
+    temperature, n = 1.0, 2000
     out = sample(cfg, variables, batch, num_samples=n, temperature=temperature, max_new_tokens=1,
                  eos_ids=(), rng=jax.random.key(7), pad_id=tok.pad_id)
     logits = _full_forward(cfg, variables, batch, np.zeros((1, 0), np.int32))[0, -1]
@@ -136,15 +136,14 @@ def test_top_k_and_top_p_restrict_support(model, tok):
     batch = _prompts(cfg, tok, [("melanoma", False)])
     logits = _full_forward(cfg, variables, batch, np.zeros((1, 0), np.int32))[0, -1]
     order = np.argsort(-logits)
-    out = sample(cfg, variables, batch, num_samples=500, temperature=1.0, top_k=3, max_new_tokens=1,
-                 eos_ids=(), rng=jax.random.key(1), pad_id=tok.pad_id)
+    kw = dict(num_samples=2000, temperature=1.0, max_new_tokens=1, eos_ids=(), pad_id=tok.pad_id)
+    out = sample(cfg, variables, batch, top_k=3, rng=jax.random.key(1), **kw)
     assert set(out.tokens[:, 0].tolist()) == set(order[:3].tolist())
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     top_p = 0.6
     nucleus = order[: int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1]
-    out = sample(cfg, variables, batch, num_samples=500, temperature=1.0, top_p=top_p, max_new_tokens=1,
-                 eos_ids=(), rng=jax.random.key(2), pad_id=tok.pad_id)
+    out = sample(cfg, variables, batch, top_p=top_p, rng=jax.random.key(2), **kw)
     assert set(out.tokens[:, 0].tolist()) <= set(nucleus.tolist())
     assert len(set(out.tokens[:, 0].tolist())) > 1
 
@@ -155,8 +154,7 @@ def test_choose_tokens_frequencies_on_fixed_logits():
     batch = jnp.broadcast_to(logits, (draws, 5))
     for top_k, top_p, support in [(0, 1.0, [0, 1, 2, 3, 4]), (2, 1.0, [1, 3]), (0, 0.8, [1, 3, 4]),
                                   (4, 0.5, [1, 3])]:
-        ids, lp = choose_tokens(jax.random.key(top_k), batch, jnp.float32(1.0), greedy=False, top_k=top_k,
-                                top_p=jnp.float32(top_p), use_top_p=top_p < 1)
+        ids, lp = choose_tokens(jax.random.key(top_k), batch, 1.0, top_k, top_p)
         freq = np.bincount(np.asarray(ids), minlength=5) / draws
         q = np.zeros(5)
         q[support] = np.exp(np.asarray(logits))[support]
@@ -164,9 +162,9 @@ def test_choose_tokens_frequencies_on_fixed_logits():
         assert set(np.flatnonzero(freq)) == set(support)
         assert 0.5 * np.abs(freq - q).sum() < 0.03
         np.testing.assert_allclose(lp, np.asarray(jax.nn.log_softmax(logits))[np.asarray(ids)], atol=1e-6)
-    assert np.isneginf(np.asarray(filter_logits(logits, top_k=1, use_top_p=False))).sum() == 4
-    ids, _ = choose_tokens(jax.random.key(0), batch[:3], jnp.float32(1.0), greedy=True, top_k=0,
-                           top_p=jnp.float32(1.0), use_top_p=False)
+    assert np.isneginf(np.asarray(filter_logits(logits, top_k=1))).sum() == 4
+    np.testing.assert_array_equal(filter_logits(logits, 0, 1.0), logits)
+    ids, _ = choose_tokens(jax.random.key(0), batch[:3], greedy=True)
     np.testing.assert_array_equal(ids, [1, 1, 1])
 
 
@@ -191,14 +189,15 @@ def test_equal_shapes_never_recompile(model, tok):
     cfg, variables = model
     a = _prompts(cfg, tok, [("red plaque", True), ("border", False)], width=40)
     b = _prompts(cfg, tok, [("elbow lesion", True), ("scaly", False)], width=40)
-    kw = dict(max_new_tokens=3, eos_ids=(tok.eos_id,), pad_id=tok.pad_id, num_samples=2)
-    sample(cfg, variables, a, temperature=1.0, top_p=0.9, rng=jax.random.key(0), **kw)
+    kw = dict(max_new_tokens=3, pad_id=tok.pad_id, num_samples=2)
+    sample(cfg, variables, a, temperature=1.0, top_p=0.9, eos_ids=(tok.eos_id,), rng=jax.random.key(0), **kw)
     before = trace_count()
-    # New prompt contents, rng, temperature and top_p values: same program.
-    sample(cfg, variables, b, temperature=0.5, top_p=0.7, rng=jax.random.key(1), **kw)
-    sample(cfg, variables, a, temperature=1.3, top_p=0.95, rng=jax.random.key(2), **kw)
+    # New prompt contents, rng, temperature, top-k / top-p and EOS values: the same program.
+    sample(cfg, variables, b, temperature=0.5, top_p=0.7, eos_ids=(5,), rng=jax.random.key(1), **kw)
+    sample(cfg, variables, a, temperature=1.3, top_k=4, eos_ids=(tok.pad_id,), rng=jax.random.key(2), **kw)
     assert trace_count() == before
-    sample(cfg, variables, a, temperature=1.0, top_p=0.9, rng=jax.random.key(0), **{**kw, "max_new_tokens": 4})
+    sample(cfg, variables, a, temperature=1.0, top_p=0.9, eos_ids=(tok.eos_id,), rng=jax.random.key(0),
+           **{**kw, "max_new_tokens": 4})
     assert trace_count() == before + 1
 
 

@@ -64,7 +64,7 @@ def test_sharded_step_equals_single_device(shape):
     variables = nn.unbox(toy.init_variables(CFG, jax.random.PRNGKey(0)))
     sft = toy.sft_batch(0, 8, 12, CFG.vocab)
     rl = toy.rl_batch(1, 2, 4, 5, 7, CFG.vocab, eos_id=3)
-    cfg = stp.StepConfig(lambda_sft=1.0, lambda_rl=0.5, grad_accum=2, loss_agg="token_mean")
+    cfg = stp.StepConfig(lambda_sft=1.0, lambda_rl=0.5, grad_accum=2, loss_agg="seq_mean")
     one = shd.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
     _, m1, g1 = _run(one, variables, cfg, sft, rl)
     mesh = shd.make_mesh(dict(zip(shd.MESH_AXES, shape)))

@@ -3,8 +3,9 @@ decode loop with temperature / top-k / top-p, per-row EOS, and host-side stop st
 
 The prefill runs once per prompt; its cache and last logits are then repeated `num_samples`
 times (prompt i's samples are rows i*n .. i*n+n-1), so n samples cost one prefill.
-Compiled programs are cached by jax.jit on shapes and the static arguments; `trace_count()`
-counts traces (= compilations) so tests can assert that equal shapes never recompile.
+One program is compiled per (shapes, cfg, grid_thw, num_samples, max_new_tokens, greedy or
+not, filtered or not, pad_id, cache dtype); temperature, top_k, top_p and the EOS ids are
+traced values, so changing them does not recompile. `trace_count()` counts traces (= compilations).
 """
 
 from __future__ import annotations
@@ -40,35 +41,33 @@ class SampleOutput:
     lengths: np.ndarray
 
 
-def filter_logits(logits: jnp.ndarray, top_k: int = 0, top_p: jnp.ndarray | float = 1.0,
-                  use_top_p: bool = True) -> jnp.ndarray:
-    """Set logits outside the top-k / nucleus (top-p) support to -inf, as transformers' warpers.
+def filter_logits(logits: jnp.ndarray, top_k: jnp.ndarray | int = 0,
+                  top_p: jnp.ndarray | float = 1.0) -> jnp.ndarray:
+    """Set logits outside the top-k, then nucleus (top-p), support to -inf, as transformers'
+    warpers do.
 
-    logits f32[..., V] (already divided by the temperature); top_k 0 = off (static); top_p
-    keeps the smallest set of highest-probability tokens whose mass reaches top_p (the most
-    likely token always stays). Ties at the cut-off stay in.
+    logits f32[..., V] (already divided by the temperature); top_k <= 0 keeps all; top_p keeps
+    the smallest set of most likely tokens (after top-k) whose mass reaches top_p, the most
+    likely one always. Ties at the cut-off stay in. Both may be traced scalars.
     """
-    neg = jnp.asarray(-jnp.inf, logits.dtype)
-    if top_k and top_k < logits.shape[-1]:
-        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
-        logits = jnp.where(logits < kth, neg, logits)
-    if use_top_p:
-        ordered = jnp.sort(logits, axis=-1)[..., ::-1]
-        probs = jax.nn.softmax(ordered, axis=-1)
-        mass_before = jnp.cumsum(probs, axis=-1) - probs
-        keep = mass_before < top_p
-        keep = keep.at[..., 0].set(True)
-        cutoff = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
-        logits = jnp.where(logits < cutoff, neg, logits)
-    return logits
+    ordered = jnp.sort(logits, axis=-1)[..., ::-1]
+    rank = jnp.arange(logits.shape[-1])
+    in_top_k = (rank < top_k) | (top_k <= 0)
+    probs = jax.nn.softmax(jnp.where(in_top_k, ordered, -jnp.inf), axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep = in_top_k & ((mass_before < top_p) | (rank == 0))
+    cutoff = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits < cutoff, -jnp.inf, logits)
 
 
-def choose_tokens(rng: jax.Array, logits: jnp.ndarray, temperature: jnp.ndarray, *, greedy: bool,
-                  top_k: int, top_p: jnp.ndarray, use_top_p: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
+def choose_tokens(rng: jax.Array, logits: jnp.ndarray, temperature: jnp.ndarray | float = 1.0,
+                  top_k: jnp.ndarray | int = 0, top_p: jnp.ndarray | float = 1.0, *, greedy: bool = False,
+                  filtered: bool = True) -> tuple[jnp.ndarray, jnp.ndarray]:
     """One token per row from logits f32[B, V] -> (ids i32[B], logprobs f32[B]).
 
     The log-probability is log_softmax(logits / T) of the chosen id, before top-k/top-p
     filtering (what a training forward at temperature T computes); greedy uses T = 1.
+    `filtered=False` skips the (sorting) top-k/top-p step.
     """
     logits = logits.astype(jnp.float32)
     if greedy:
@@ -77,7 +76,7 @@ def choose_tokens(rng: jax.Array, logits: jnp.ndarray, temperature: jnp.ndarray,
     else:
         scaled = logits / temperature
         logp = jax.nn.log_softmax(scaled, axis=-1)
-        ids = jax.random.categorical(rng, filter_logits(scaled, top_k, top_p, use_top_p), axis=-1)
+        ids = jax.random.categorical(rng, filter_logits(scaled, top_k, top_p) if filtered else scaled, axis=-1)
     chosen = jnp.take_along_axis(logp, ids[:, None], axis=-1)[:, 0]
     return ids.astype(jnp.int32), chosen
 
@@ -87,13 +86,12 @@ def _repeat_rows(x: jnp.ndarray, n: int, axis: int = 0) -> jnp.ndarray:
 
 
 @partial(jax.jit, static_argnames=("cfg", "grid_thw", "num_samples", "max_new_tokens", "greedy",
-                                   "top_k", "use_top_p", "eos_ids", "pad_id", "cache_dtype"))
+                                   "filtered", "pad_id", "cache_dtype"))
 def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarray,
               position_ids: jnp.ndarray, pixel_values: jnp.ndarray | None,
-              rng: jax.Array, temperature: jnp.ndarray, top_p: jnp.ndarray, *, cfg: ModelConfig,
-              grid_thw: GridTHW | None, num_samples: int, max_new_tokens: int, greedy: bool,
-              top_k: int, use_top_p: bool, eos_ids: tuple[int, ...], pad_id: int,
-              cache_dtype: str) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+              rng: jax.Array, temperature: jnp.ndarray, top_k: jnp.ndarray, top_p: jnp.ndarray,
+              eos_ids: jnp.ndarray, *, cfg: ModelConfig, grid_thw: GridTHW | None, num_samples: int,
+              max_new_tokens: int, greedy: bool, filtered: bool, pad_id: int, cache_dtype: str) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     _TRACES[0] += 1
     b, s = input_ids.shape
     n, total = num_samples, s + max_new_tokens
@@ -112,14 +110,13 @@ def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarra
     # are exactly this minus S), so decode positions need nothing beyond position_ids.
     next_pos = _repeat_rows(jnp.max(position_ids, axis=(0, 2)).astype(jnp.int32) + 1, n)
     rows = b * n
-    eos = jnp.asarray(eos_ids, jnp.int32)
-    choose = partial(choose_tokens, temperature=temperature, greedy=greedy, top_k=top_k,
-                     top_p=top_p, use_top_p=use_top_p)
+    choose = partial(choose_tokens, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                     filtered=filtered)
 
     tok, lp = choose(jax.random.fold_in(rng, 0), last)
     tokens = jnp.full((rows, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
     logprobs = jnp.zeros((rows, max_new_tokens), jnp.float32).at[:, 0].set(lp)
-    done = jnp.isin(tok, eos)
+    done = jnp.isin(tok, eos_ids)
     lengths = jnp.ones((rows,), jnp.int32)
 
     def cond(state):
@@ -139,7 +136,7 @@ def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarra
         tokens = jax.lax.dynamic_update_slice_in_dim(tokens, tok[:, None], i, axis=1)
         logprobs = jax.lax.dynamic_update_slice_in_dim(logprobs, lp[:, None], i, axis=1)
         lengths = lengths + (~done).astype(jnp.int32)
-        done = done | jnp.isin(tok, eos)
+        done = done | jnp.isin(tok, eos_ids)
         return i + 1, tokens, logprobs, done, lengths, cache
 
     state = (jnp.int32(1), tokens, logprobs, done, lengths, cache)
@@ -210,10 +207,10 @@ def sample(cfg: ModelConfig, variables: Any, prompt_batch: Mapping[str, Any], *,
         variables, input_ids, jnp.asarray(mask, jnp.int32),
         jnp.asarray(prompt_batch["position_ids"], jnp.int32),
         None if pixels is None else jnp.asarray(pixels, jnp.float32), rng,
-        jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p),
+        jnp.float32(max(temperature, 1e-6)), jnp.int32(top_k), jnp.float32(top_p),
+        jnp.asarray(np.asarray(list(eos_ids), np.int32).reshape(-1)),
         cfg=cfg, grid_thw=grid or None, num_samples=int(num_samples), max_new_tokens=int(max_new_tokens),
-        greedy=temperature == 0, top_k=int(top_k), use_top_p=top_p < 1.0,
-        eos_ids=tuple(int(e) for e in eos_ids), pad_id=int(pad_id),
+        greedy=temperature == 0, filtered=top_k > 0 or top_p < 1.0, pad_id=int(pad_id),
         cache_dtype=cache_dtype or cfg.dtype)
     out = SampleOutput(np.asarray(tokens), np.asarray(logprobs), np.asarray(lengths))
     if stop_sequences:

@@ -9,6 +9,7 @@ arrays (`unbox`, `hf_io.load_hf`); `forward` accepts both.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -30,11 +31,6 @@ def _scatter_image_features(embeds: jnp.ndarray, input_ids: jnp.ndarray, image_t
                             features: jnp.ndarray) -> jnp.ndarray:
     """Put features[i] at the i-th image token (row-major over [B, S]), like masked_scatter."""
     is_image = input_ids == image_token_id
-    if not isinstance(input_ids, jax.core.Tracer):
-        found = int(np.asarray(is_image).sum())
-        if found != features.shape[0]:
-            raise ValueError(f"input_ids hold {found} image tokens (id {image_token_id}) but the "
-                             f"images give {features.shape[0]} features")
     flat = is_image.reshape(-1)
     idx = jnp.clip(jnp.cumsum(flat) - 1, 0, features.shape[0] - 1)
     gathered = features[idx].reshape(embeds.shape).astype(embeds.dtype)
@@ -118,7 +114,8 @@ def forward(cfg: ModelConfig, variables: Variables, batch: dict[str, Any], *,
             rngs: dict[str, jax.Array] | None = None) -> tuple[jnp.ndarray, Cache | None]:
     """Logits f32[B, S, V] for batch {input_ids i32[B,S], attention_mask i32[B,S] ([B,T] with a
     cache), position_ids i32[3,B,S], pixel_values f32[N, C*Tp*P*P] (optional)} and the updated
-    cache. `grid_thw` is static: (t, h, w) per image in order of appearance."""
+    cache. `grid_thw` is static: (t, h, w) per image in order of appearance. Jitted inside
+    (one compilation per cfg / grid_thw / shapes); also fine to call under an outer jit."""
     input_ids = jnp.asarray(batch["input_ids"], jnp.int32)
     position_ids = batch.get("position_ids")
     if position_ids is None:
@@ -130,11 +127,37 @@ def forward(cfg: ModelConfig, variables: Variables, batch: dict[str, Any], *,
     if attention_mask is not None:
         attention_mask = jnp.asarray(attention_mask)
     pixel_values = batch.get("pixel_values")
+    grid_thw = tuple(tuple(int(d) for d in g) for g in grid_thw) if grid_thw else None
+    if pixel_values is not None:
+        pixel_values = jnp.asarray(pixel_values)
+        _check_image_tokens(cfg, batch["input_ids"], grid_thw)
     if cache_index is not None:
         cache_index = jnp.asarray(cache_index, jnp.int32)
-    model = Qwen2_5_VL(cfg, deterministic)
-    return model.apply(dict(variables), input_ids, attention_mask, position_ids, pixel_values,
-                       tuple(grid_thw) if grid_thw else None, cache, cache_index, rngs=rngs or {})
+    return _apply(cfg, dict(variables), input_ids, attention_mask, position_ids, pixel_values,
+                  cache, cache_index, rngs or {}, grid_thw=grid_thw, deterministic=deterministic)
+
+
+def _check_image_tokens(cfg: ModelConfig, input_ids: Any, grid_thw: GridTHW | None) -> None:
+    """Host-side check (skipped under tracing) that image tokens and image features agree."""
+    if not grid_thw:
+        raise ValueError("pixel_values given without grid_thw")
+    if isinstance(input_ids, jax.core.Tracer):
+        return
+    found = int((np.asarray(input_ids) == cfg.image_token_id).sum())
+    want = sum(t * h * w for t, h, w in grid_thw) // cfg.vision.spatial_merge_size ** 2
+    if found != want:
+        raise ValueError(f"input_ids hold {found} image tokens (id {cfg.image_token_id}) but "
+                         f"grid_thw {grid_thw} gives {want} image features")
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "grid_thw", "deterministic"))
+def _apply(cfg: ModelConfig, variables: Variables, input_ids: jnp.ndarray,
+           attention_mask: jnp.ndarray | None, position_ids: jnp.ndarray,
+           pixel_values: jnp.ndarray | None, cache: Cache | None, cache_index: jnp.ndarray | None,
+           rngs: dict[str, jax.Array], *, grid_thw: GridTHW | None, deterministic: bool
+           ) -> tuple[jnp.ndarray, Cache | None]:
+    return Qwen2_5_VL(cfg, deterministic).apply(variables, input_ids, attention_mask, position_ids,
+                                                pixel_values, grid_thw, cache, cache_index, rngs=rngs)
 
 
 def init_variables(cfg: ModelConfig, rng: jax.Array) -> Variables:
@@ -157,6 +180,7 @@ def init_variables(cfg: ModelConfig, rng: jax.Array) -> Variables:
     return dict(init(rng))
 
 
+@functools.lru_cache(maxsize=16)
 def abstract_variables(cfg: ModelConfig) -> Variables:
     """init_variables' tree of boxed jax.ShapeDtypeStruct (no memory, no compute)."""
     return jax.eval_shape(lambda k: init_variables(cfg, k), jax.random.key(0))

@@ -9,7 +9,7 @@ concepts. A `Signature` (see `signature.py`) adds the per-disease cues that keep
 separable and the per-subgroup family style that keeps them confusable.
 
 Everything is numpy on small windows around each lesion, plus PIL for anti-aliased lines, blur
-and JPEG, so a 64 px image takes about a millisecond.
+and JPEG, so a 64 px image takes a few milliseconds.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ def _seed(name: str) -> np.random.Generator:
 def family_style(group: str, subgroup: str) -> dict:
     """Tint, aspect range and lobes shared by a subgroup (tint partly shared by its group)."""
     g, s = _seed("group:" + group), _seed("subgroup:" + subgroup)
-    tint = (1 + g.uniform(-0.07, 0.07, 3)) * (1 + s.uniform(-0.06, 0.06, 3))
+    tint = (1 + g.uniform(-0.05, 0.05, 3)) * (1 + s.uniform(-0.1, 0.1, 3))
     lo = float(s.uniform(0.55, 0.8))
     return dict(tint=tuple(float(x) for x in tint), aspect=(lo, min(1.0, lo + 0.25)),
                 lobes=int(s.integers(2, 7)))
