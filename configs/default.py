@@ -23,6 +23,7 @@ def get_config() -> ConfigDict:
         dtype="float32",        # compute dtype
         param_dtype="float32",  # master parameter dtype
         remat=False,
+        vocab_size=2048,        # embedded tokenizer size (tiny model only)
         lora=ConfigDict(dict(
             rank=0,             # 0 = full fine-tuning
             alpha=32.0,
@@ -50,7 +51,7 @@ def get_config() -> ConfigDict:
         on_bad_image="fail",    # fail | skip
         min_pixels=32 * 32,
         max_pixels=64 * 64,
-        max_seq_len=256,
+        max_seq_len=320,
     ))
 
     c.generate = ConfigDict(dict(
@@ -60,6 +61,9 @@ def get_config() -> ConfigDict:
         think_tag="thinking",
         diagnosis_tag="diagnosis",
         final_tag="final diagnosis",
+        # Share of trajectories also paired with a task-format question (data/sft_mix.py);
+        # 0 is the paper's recipe, a tiny model needs the answer format taught.
+        question_share=1.0,
         llm=ConfigDict(dict(enabled=False, url="", model="", api_key_env="OPENAI_API_KEY",
                             temperature=0.2, max_tokens=120, timeout_s=30.0)),
     ))

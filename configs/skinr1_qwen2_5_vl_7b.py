@@ -41,6 +41,7 @@ def get_config() -> ConfigDict:
     c.data.max_seq_len = 1024
     c.generate.per_diagnosis_per_type = 5
     c.generate.max_per_type = 1000
+    c.generate.question_share = 0.0
     c.sft.batch_size = 1
     c.sft.grad_accum = EFFECTIVE_BATCH
     c.sft.steps = 8 * SFT_TRAJECTORIES // EFFECTIVE_BATCH

@@ -75,77 +75,96 @@ def _full_forward(cfg, variables, batch, completions):
     return np.asarray(logits)
 
 
-def test_cached_greedy_equals_full_forward(model, tok):
+# Tests share a few compiled programs: the standard batch (row 0 with an image, row 1 text
+# only and left-padded) and NEW decode steps.
+NEW = 6
+
+
+@pytest.fixture(scope="module")
+def std_batch(model, tok):
+    return _prompts(model[0], tok, [("what is this lesion?", True), ("scaly plaque", False)], width=24)
+
+
+@pytest.fixture(scope="module")
+def greedy_out(model, tok, std_batch):
     cfg, variables = model
-    batch = _prompts(cfg, tok, [("what is this lesion?", True), ("scaly plaque", False)])
-    s, new = batch["input_ids"].shape[1], 6
-    out = sample(cfg, variables, batch, temperature=0.0, max_new_tokens=new, eos_ids=(), rng=jax.random.key(0),
-                 pad_id=tok.pad_id)
-    assert out.tokens.shape == (2, new) and out.tokens.dtype == np.int32
-    np.testing.assert_array_equal(out.lengths, [new, new])
-    logits = _full_forward(cfg, variables, batch, out.tokens)[:, s - 1: s - 1 + new]
+    return sample(cfg, variables, std_batch, temperature=0.0, max_new_tokens=NEW, eos_ids=(),
+                  rng=jax.random.key(0), pad_id=tok.pad_id)
+
+
+@pytest.fixture(scope="module")
+def next_probs(model, std_batch):
+    """float64[2, V]: softmax of the uncached forward's last-position logits."""
+    logits = _full_forward(*model, std_batch, np.zeros((2, 0), np.int32))[:, -1].astype(np.float64)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    return p / p.sum(-1, keepdims=True)
+
+
+def test_cached_greedy_equals_full_forward(model, tok, std_batch, greedy_out):
+    cfg, variables = model
+    s, out = std_batch["input_ids"].shape[1], greedy_out
+    assert out.tokens.shape == (2, NEW) and out.tokens.dtype == np.int32
+    np.testing.assert_array_equal(out.lengths, [NEW, NEW])
+    logits = _full_forward(cfg, variables, std_batch, out.tokens)[:, s - 1: s - 1 + NEW]
     np.testing.assert_array_equal(out.tokens, logits.argmax(-1))
     expected_lp = np.take_along_axis(jax.nn.log_softmax(logits, -1), out.tokens[..., None], -1)[..., 0]
     np.testing.assert_allclose(out.logprobs, expected_lp, atol=2e-4)
 
 
-def test_samples_per_prompt_are_grouped_and_eos_stops(model, tok):
+def test_samples_per_prompt_are_grouped_and_eos_stops(model, tok, std_batch, greedy_out):
     cfg, variables = model
-    batch = _prompts(cfg, tok, [("red plaque", False), ("irregular border", False)])
-    greedy = sample(cfg, variables, batch, temperature=0.0, max_new_tokens=5, eos_ids=(),
-                    rng=jax.random.key(0), pad_id=tok.pad_id)
-    rep = sample(cfg, variables, batch, num_samples=3, temperature=0.0, max_new_tokens=5, eos_ids=(),
-                 rng=jax.random.key(0), pad_id=tok.pad_id)
-    np.testing.assert_array_equal(rep.tokens, np.repeat(greedy.tokens, 3, axis=0))
-    # Make a later greedy token of prompt 0 (its first occurrence) an EOS: the row stops there.
-    row = greedy.tokens[0].tolist()
-    j = next(j for j in range(1, 5) if row[j] not in row[:j])
-    eos = row[j]
-    out = sample(cfg, variables, batch, temperature=0.0, max_new_tokens=5, eos_ids=(eos,),
-                 rng=jax.random.key(0), pad_id=tok.pad_id)
-    assert out.lengths[0] == j + 1  # EOS included
-    np.testing.assert_array_equal(out.tokens[0, : j + 1], greedy.tokens[0, : j + 1])
-    assert (out.tokens[0, j + 1:] == tok.pad_id).all() and (out.logprobs[0, j + 1:] == 0).all()
-    k = int(np.argmax(np.append(greedy.tokens[1] == eos, True)))
-    assert out.lengths[1] == min(k + 1, 5)
+    kw = dict(temperature=0.0, max_new_tokens=NEW, rng=jax.random.key(0), pad_id=tok.pad_id)
+    rep = sample(cfg, variables, std_batch, num_samples=3, eos_ids=(), **kw)
+    np.testing.assert_array_equal(rep.tokens, np.repeat(greedy_out.tokens, 3, axis=0))
+    # Make a later greedy token (at its first occurrence in its row) an EOS: rows stop there.
+    r, j = next((r, j) for r in range(2) for j in range(1, NEW)
+                if greedy_out.tokens[r, j] not in greedy_out.tokens[r, :j])
+    eos = int(greedy_out.tokens[r, j])
+    out = sample(cfg, variables, std_batch, eos_ids=(eos, 10**6), **kw)
+    for row in range(2):
+        first = np.flatnonzero(greedy_out.tokens[row] == eos)
+        length = int(first[0]) + 1 if first.size else NEW  # EOS included
+        assert out.lengths[row] == length
+        np.testing.assert_array_equal(out.tokens[row, :length], greedy_out.tokens[row, :length])
+        assert (out.tokens[row, length:] == tok.pad_id).all() and (out.logprobs[row, length:] == 0).all()
+    assert out.lengths[r] == j + 1 < NEW
 
 
-def test_first_step_distribution_matches_softmax(model, tok):
+@pytest.fixture(scope="module")
+def first_steps(model, tok, std_batch):
+    """1000 single-step draws per prompt, per setting, from one compiled program."""
     cfg, variables = model
-    batch = _prompts(cfg, tok, [("the lesion", True)])
-    temperature, n = 1.0, 2000
-    out = sample(cfg, variables, batch, num_samples=n, temperature=temperature, max_new_tokens=1,
-                 eos_ids=(), rng=jax.random.key(7), pad_id=tok.pad_id)
-    logits = _full_forward(cfg, variables, batch, np.zeros((1, 0), np.int32))[0, -1]
-    z = logits.astype(np.float64) / temperature
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    assert p.max() < 0.9  # a genuinely random case
-    np.testing.assert_allclose(out.logprobs[:, 0], np.log(p[out.tokens[:, 0]]), atol=2e-4)
-    # Chi-square over the tokens expected >= 5 times, the rest pooled into one bin.
-    counts = np.bincount(out.tokens[:, 0], minlength=p.size)
-    big = p * n >= 5
-    obs = np.append(counts[big], counts[~big].sum())
-    exp = np.append(p[big], p[~big].sum()) * n
-    assert big.sum() >= 5
-    assert stats.chisquare(obs, exp).pvalue > 1e-3
+    kw = dict(num_samples=1000, temperature=1.0, max_new_tokens=1, eos_ids=(), pad_id=tok.pad_id)
+    return {name: sample(cfg, variables, std_batch, rng=jax.random.key(seed), **kw, **extra)
+            for seed, (name, extra) in enumerate([("plain", dict(top_k=0, top_p=0.999999)),
+                                                  ("top_k", dict(top_k=3)),
+                                                  ("top_p", dict(top_p=0.6))])}
 
 
-def test_top_k_and_top_p_restrict_support(model, tok):
-    cfg, variables = model
-    batch = _prompts(cfg, tok, [("melanoma", False)])
-    logits = _full_forward(cfg, variables, batch, np.zeros((1, 0), np.int32))[0, -1]
-    order = np.argsort(-logits)
-    kw = dict(num_samples=2000, temperature=1.0, max_new_tokens=1, eos_ids=(), pad_id=tok.pad_id)
-    out = sample(cfg, variables, batch, top_k=3, rng=jax.random.key(1), **kw)
-    assert set(out.tokens[:, 0].tolist()) == set(order[:3].tolist())
-    probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
-    top_p = 0.6
-    nucleus = order[: int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1]
-    out = sample(cfg, variables, batch, top_p=top_p, rng=jax.random.key(2), **kw)
-    assert set(out.tokens[:, 0].tolist()) <= set(nucleus.tolist())
-    assert len(set(out.tokens[:, 0].tolist())) > 1
+def test_first_step_distribution_matches_softmax(first_steps, next_probs):
+    out, n = first_steps["plain"], 1000
+    for row, p in enumerate(next_probs):
+        assert p.max() < 0.9  # a genuinely random case
+        draws = out.tokens[row * n: (row + 1) * n, 0]
+        np.testing.assert_allclose(out.logprobs[row * n: (row + 1) * n, 0], np.log(p[draws]), atol=2e-4)
+        # Chi-square over the tokens expected >= 5 times, the rest pooled into one bin.
+        counts = np.bincount(draws, minlength=p.size)
+        big = p * n >= 5
+        assert big.sum() >= 5
+        obs = np.append(counts[big], counts[~big].sum())
+        exp = np.append(p[big], p[~big].sum()) * n
+        assert stats.chisquare(obs, exp).pvalue > 1e-3
+
+
+def test_top_k_and_top_p_restrict_support(first_steps, next_probs):
+    n = 1000
+    for row, p in enumerate(next_probs):
+        order = np.argsort(-p)
+        got = set(first_steps["top_k"].tokens[row * n: (row + 1) * n, 0].tolist())
+        assert got == set(order[:3].tolist())
+        nucleus = order[: int(np.searchsorted(np.cumsum(p[order]), 0.6)) + 1]
+        got = set(first_steps["top_p"].tokens[row * n: (row + 1) * n, 0].tolist())
+        assert got <= set(nucleus.tolist()) and len(got) > 1
 
 
 def test_choose_tokens_frequencies_on_fixed_logits():
@@ -164,40 +183,42 @@ def test_choose_tokens_frequencies_on_fixed_logits():
         np.testing.assert_allclose(lp, np.asarray(jax.nn.log_softmax(logits))[np.asarray(ids)], atol=1e-6)
     assert np.isneginf(np.asarray(filter_logits(logits, top_k=1))).sum() == 4
     np.testing.assert_array_equal(filter_logits(logits, 0, 1.0), logits)
+    ids, lp = choose_tokens(jax.random.key(3), batch, filtered=False)
+    freq = np.bincount(np.asarray(ids), minlength=5) / draws
+    assert 0.5 * np.abs(freq - np.exp(np.asarray(logits))).sum() < 0.03
     ids, _ = choose_tokens(jax.random.key(0), batch[:3], greedy=True)
     np.testing.assert_array_equal(ids, [1, 1, 1])
 
 
-def test_stop_strings_cut_after_completing_token(model, tok):
+def test_stop_strings_cut_after_completing_token(model, tok, std_batch, greedy_out):
     cfg, variables = model
-    batch = _prompts(cfg, tok, [("scaly plaque on the", False)])
-    free = sample(cfg, variables, batch, temperature=0.0, max_new_tokens=8, eos_ids=(), rng=jax.random.key(0),
-                  pad_id=tok.pad_id)
-    text = [tok.decode(free.tokens[0, :k]) for k in range(9)]
-    k = next(k for k in range(2, 8)
+    free = greedy_out.tokens[1]
+    text = [tok.decode(free[:k]) for k in range(NEW + 1)]
+    k = next(k for k in range(2, NEW + 1)
              if len(text[k]) > len(text[k - 1]) >= 1 and text[k].startswith(text[k - 1]))
     stop = text[k][len(text[k - 1]) - 1:]  # spans the boundary between tokens k-1 and k
     assert all(stop not in text[j] for j in range(k))
-    out = sample(cfg, variables, batch, temperature=0.0, max_new_tokens=8, eos_ids=(), rng=jax.random.key(0),
-                 pad_id=tok.pad_id, stop_sequences=["\x00never", stop], tokenizer=tok)
-    assert out.lengths[0] == k
-    np.testing.assert_array_equal(out.tokens[0, :k], free.tokens[0, :k])
-    assert (out.tokens[0, k:] == tok.pad_id).all() and (out.logprobs[0, k:] == 0).all()
+    out = sample(cfg, variables, std_batch, temperature=0.0, max_new_tokens=NEW, eos_ids=(),
+                 rng=jax.random.key(0), pad_id=tok.pad_id, stop_sequences=["\x00never", stop], tokenizer=tok)
+    assert out.lengths[1] == k
+    np.testing.assert_array_equal(out.tokens[1, :k], free[:k])
+    assert (out.tokens[1, k:] == tok.pad_id).all() and (out.logprobs[1, k:] == 0).all()
 
 
-def test_equal_shapes_never_recompile(model, tok):
+def test_equal_shapes_never_recompile(model, tok, std_batch):
     cfg, variables = model
-    a = _prompts(cfg, tok, [("red plaque", True), ("border", False)], width=40)
-    b = _prompts(cfg, tok, [("elbow lesion", True), ("scaly", False)], width=40)
-    kw = dict(max_new_tokens=3, pad_id=tok.pad_id, num_samples=2)
-    sample(cfg, variables, a, temperature=1.0, top_p=0.9, eos_ids=(tok.eos_id,), rng=jax.random.key(0), **kw)
+    other = _prompts(cfg, tok, [("elbow lesion", True), ("red", False)], width=24)
+    kw = dict(max_new_tokens=NEW, pad_id=tok.pad_id, num_samples=3)
+    sample(cfg, variables, std_batch, temperature=1.0, top_p=0.9, eos_ids=(tok.eos_id,),
+           rng=jax.random.key(0), **kw)
     before = trace_count()
     # New prompt contents, rng, temperature, top-k / top-p and EOS values: the same program.
-    sample(cfg, variables, b, temperature=0.5, top_p=0.7, eos_ids=(5,), rng=jax.random.key(1), **kw)
-    sample(cfg, variables, a, temperature=1.3, top_k=4, eos_ids=(tok.pad_id,), rng=jax.random.key(2), **kw)
+    sample(cfg, variables, other, temperature=0.5, top_p=0.7, eos_ids=(5,), rng=jax.random.key(1), **kw)
+    sample(cfg, variables, std_batch, temperature=1.3, top_k=4, eos_ids=(tok.pad_id,),
+           rng=jax.random.key(2), **kw)
     assert trace_count() == before
-    sample(cfg, variables, a, temperature=1.0, top_p=0.9, eos_ids=(tok.eos_id,), rng=jax.random.key(0),
-           **{**kw, "max_new_tokens": 4})
+    sample(cfg, variables, std_batch, temperature=1.0, top_p=0.9, eos_ids=(tok.eos_id,),
+           rng=jax.random.key(0), **{**kw, "max_new_tokens": NEW + 1})
     assert trace_count() == before + 1
 
 

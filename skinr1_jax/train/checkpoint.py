@@ -72,6 +72,7 @@ class CheckpointManager:
         self.directory = os.path.abspath(os.fspath(directory))
         self.every_steps = every_steps
         self.best_metric = best_metric
+        self._best_mode = best_mode
         policies: list[Any] = [ocm.LatestN(n=keep)]
         if best_metric:
             policies.append(ocm.BestN(get_metric_fn=lambda m: m[best_metric], n=1,
@@ -122,7 +123,15 @@ class CheckpointManager:
         return steps[-1] if steps else None
 
     def best_step(self) -> int | None:
-        return self._manager.best_step() if self.best_metric else None
+        """The kept step with the best `best_metric` (None without one or without metrics)."""
+        if not self.best_metric:
+            return None
+        scored = [(m[self.best_metric], s) for s in self.all_steps()
+                  if (m := self._manager.metrics(s)) and self.best_metric in m]
+        if not scored:
+            return None
+        pick = max if self._best_mode == "max" else min
+        return pick(scored)[1]
 
     def restore(self, target: TrainState, step: int | None = None) -> Restored:
         """Restore onto `target`'s shardings (any mesh shape). `target` holds arrays or
@@ -161,8 +170,9 @@ class CheckpointManager:
         try:
             meta = self._manager.item_metadata(step)["state"]
         except Exception as e:
-            raise CheckpointError(f"checkpoint {self.directory}/{step} has unreadable state "
-                                  f"metadata: {type(e).__name__}: {e}") from e
+            raise CheckpointError(f"checkpoint {self.directory}/{step} is incomplete, corrupt "
+                                  f"or unreadable (state metadata): {type(e).__name__}: {e}"
+                                  ) from e
         tree = getattr(meta, "tree", meta)
         return isinstance(tree, Mapping) and "frozen" in tree
 
