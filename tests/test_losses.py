@@ -1,6 +1,5 @@
 """SFT loss and per-token log-probs against a direct numpy transcription."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -108,3 +108,56 @@ def test_batch_shardings():
     assert sh["odd"].spec == P()
     placed = shd.shard_batch(b, mesh)
     assert shd.shard_shapes(placed)["input_ids"] == (1, 5)
+
+
+def _vlm_batches(vocab, seed=0):
+    sft = toy.sft_batch(seed, 8, 12, vocab - 8)
+    rl = toy.rl_batch(seed + 1, 2, 4, 5, 7, vocab - 8, eos_id=3)
+    for b in (sft, rl):
+        bsz, s = b["input_ids"].shape
+        b["position_ids"] = np.broadcast_to(np.arange(s, dtype=np.int32), (3, bsz, s)).copy()
+    return sft, rl
+
+
+@needs8
+def test_real_tiny_qwen2_5_vl_sharded_step_equals_single_device():
+    # LoRA: adapters trained, the sharded base frozen (full fine-tuning: the toy tests above)
+    lora_rank = 4
+    model = pytest.importorskip("skinr1_jax.model")
+    mcfg = model.tiny_config(vocab_size=64).replace(lora={"rank": lora_rank, "alpha": 8.0})
+    lora = lora_rank > 0
+
+    def apply_fn(variables, batch, rng, deterministic):
+        return model.forward(mcfg, variables, batch, grid_thw=None, deterministic=deterministic,
+                             rngs={"dropout": rng})[0]
+
+    boxed = model.abstract_variables(mcfg)
+    variables = model.unbox(model.init_variables(mcfg, jax.random.PRNGKey(0)))
+    if lora:   # PEFT initialises lora_b to zero: perturb it so adapter gradients are generic
+        variables["lora"] = jax.tree.map(lambda x: x + 0.01, variables["lora"])
+    sft, rl = _vlm_batches(64)
+    cfg = stp.StepConfig(lambda_sft=1.0, lambda_rl=1.0, grad_accum=2)
+    out = {}
+    for name, mesh in (("one", shd.make_mesh(dict(data=1, fsdp=1, tensor=1),
+                                             devices=jax.devices()[:1])),
+                       ("eight", shd.make_mesh(dict(data=2, fsdp=2, tensor=2)))):
+        opt = optax.sgd(1.0)
+        sh = st.state_shardings(boxed, opt, mesh, lora)
+        state = st.state_from_variables(variables, opt, sh, jax.random.PRNGKey(1), lora=lora)
+        before = jax.device_get(state.trainable)
+        step = stp.make_train_step(apply_fn, cfg, opt, mesh, sh, sft_example=sft, rl_example=rl)
+        new, m = step(state, shd.shard_batch(sft, mesh), shd.shard_batch(rl, mesh))
+        out[name] = (m, jax.tree.map(lambda a, b: a - b, before, jax.device_get(new.trainable)),
+                     new)
+    (m1, g1, _), (m8, g8, new8) = out["one"], out["eight"]
+    for k in ("loss", "sft_loss", "rl_loss", "grad_norm"):
+        np.testing.assert_allclose(float(m8[k]), float(m1[k]), rtol=1e-5, err_msg=k)
+    for a, b in zip(jax.tree.leaves(g8), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    gate = st.merge_variables(new8.trainable, new8.frozen)["params"]["language_model"][
+        "layers_0"]["mlp"]["gate_proj"]["kernel"]
+    assert gate.sharding.spec == P("fsdp", "tensor")
+    assert shd.shard_shapes(gate) == (mcfg.text.hidden_size // 2, mcfg.text.intermediate_size // 2)
+    if lora:
+        a = new8.trainable["lora"]["language_model"]["layers_0"]["mlp"]["gate_proj"]["lora_a"]
+        assert a.sharding.spec == P("fsdp", None)

@@ -5,7 +5,6 @@ import json
 import os
 import struct
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -219,3 +218,18 @@ def test_progress_bar_runs():
     for _ in range(3):
         bar.update(1, {"loss": 0.5, "reward/total": 1.0})
     bar.close()
+
+
+def test_multiprocess_detection_from_environment():
+    from skinr1_jax.train import distributed as dist
+    assert dist.multiprocess_env({}) is None
+    assert dist.multiprocess_env({"TPU_WORKER_HOSTNAMES": "localhost"}) is None
+    assert dist.multiprocess_env({"TPU_WORKER_HOSTNAMES": "h0,h1,h2,h3"}) == "tpu"
+    assert dist.multiprocess_env({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) is None
+    assert dist.multiprocess_env({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}) == "slurm"
+    assert dist.multiprocess_env({"JAX_COORDINATOR_ADDRESS": "h0:1234"}) == "coordinator"
+    assert dist.multiprocess_env({"SKINR1_DISTRIBUTED": "1"}) == "explicit"
+    with pytest.raises(RuntimeError, match="JAX_NUM_PROCESSES"):
+        dist.maybe_initialize_distributed({"JAX_COORDINATOR_ADDRESS": "h0:1234"})
+    assert dist.maybe_initialize_distributed({}) is False
+    assert dist.data_shard() == (0, 1) and dist.per_process_batch(8) == 8

@@ -191,7 +191,21 @@ def test_hierarchy_walk_names_the_path_and_3_to_5_candidates(small):
         group, subgroup = (tax.name(i) for i in tax.path(t["node"])[:2])
         assert group in thinking and subgroup in thinking
         assert 2 <= len(t["differentials"]) <= 4
-        assert thinking.count("(for:") == len(t["differentials"]) + 1
+        items = re.findall(r"([a-z][a-z '-]*?) \(for: ([^;]*); against: ([^)]*)\)", thinking)
+        assert sorted(name for name, _, _ in items) == sorted(t["differentials"] + [t["label"]])
+        # Only the right diagnosis may have nothing against it.
+        assert all(con != "nothing" for name, _, con in items if name != t["label"])
+
+
+def test_labels_without_knowledge_are_skipped_not_guessed(small):
+    tax, kb, examples = small
+    no_profile = [{"id": "root", "node": tax.root, "concepts": ["papule"]}]
+    result = generate_trajectories(no_profile, tax, kb, _cfg(per_diagnosis_per_type=1), seed=0)
+    assert result.trajectories == []
+    assert result.skipped == {f"{k}: label has no knowledge-base profile": 1 for k in ALL_TYPES}
+    group = [{"id": "g", "node": tax.id("benign epidermal"), "concepts": ["papule"]}]
+    result = generate_trajectories(group, tax, kb, _cfg(types=("basic",), per_diagnosis_per_type=1), seed=0)
+    assert result.skipped == {"basic: no rule for the label": 1}
 
 
 def test_final_answer_carries_the_hierarchy(small):

@@ -9,6 +9,7 @@ stored [out, in] by torch and [in, out] here; the Conv3d patch embedding [D, C, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator
@@ -83,21 +84,21 @@ def saved_key(key: str) -> str:
     return key
 
 
-def _flatten(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+def flatten_tree(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
     for k, v in tree.items():
         if isinstance(v, dict):
-            yield from _flatten(v, (*prefix, k))
+            yield from flatten_tree(v, (*prefix, k))
         else:
             yield (*prefix, k), v
 
 
-def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+def set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     for k in path[:-1]:
         tree = tree.setdefault(k, {})
     tree[path[-1]] = value
 
 
-def _get(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
+def get_path(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
     for k in path:
         tree = tree[k]
     return tree
@@ -123,7 +124,7 @@ def _lora_shapes(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
     if cfg.lora.rank <= 0:
         return {}
     lora = unbox(abstract_variables(cfg))["lora"]
-    return {p: v.shape for p, v in _flatten(lora)}
+    return {p: v.shape for p, v in flatten_tree(lora)}
 
 
 def init_lora(cfg: ModelConfig, rng: jax.Array) -> dict[str, Any]:
@@ -133,7 +134,7 @@ def init_lora(cfg: ModelConfig, rng: jax.Array) -> dict[str, Any]:
     for i, (path, shape) in enumerate(sorted(_lora_shapes(cfg).items())):
         value = (lora_a_init(jax.random.fold_in(rng, i), shape, dtype) if path[-1] == "lora_a"
                  else jnp.zeros(shape, dtype))
-        _set(out, path, value)
+        set_path(out, path, value)
     return out
 
 
@@ -155,7 +156,7 @@ def load_hf(hf_dir: str | Path, cfg: ModelConfig | None = None, shardings: Any =
     if dtype is not None:
         cfg = cfg.replace(param_dtype=dtype)
     np_dtype = jnp.dtype(cfg.param_dtype)
-    expected = {p: v for p, v in _flatten(unbox(abstract_variables(cfg))["params"])}
+    expected = {p: v for p, v in flatten_tree(unbox(abstract_variables(cfg))["params"])}
     files = _tensor_index(hf_dir)
     by_canonical = {canonical_key(k): k for k in files}
     wanted = {hf_key(p): p for p in expected}
@@ -171,15 +172,15 @@ def load_hf(hf_dir: str | Path, cfg: ModelConfig | None = None, shardings: Any =
     if shardings is not None:
         param_shardings = shardings["params"] if "params" in shardings else shardings
     params: dict[str, Any] = {}
-    handles: dict[Path, Any] = {}
-    try:
+    with contextlib.ExitStack() as stack:
+        handles: dict[Path, Any] = {}
         for key, path in sorted(wanted.items()):
             if key in missing:
                 continue
             saved = by_canonical[key]
             f = files[saved]
             if f not in handles:
-                handles[f] = safe_open(str(f), framework="numpy").__enter__()
+                handles[f] = stack.enter_context(safe_open(str(f), framework="numpy"))
             value = handles[f].get_tensor(saved)
             want = _hf_shape(cfg, path, expected[path].shape)
             if tuple(value.shape) != want:
@@ -187,13 +188,12 @@ def load_hf(hf_dir: str | Path, cfg: ModelConfig | None = None, shardings: Any =
                 continue
             value = from_hf(path, value).astype(np_dtype)
             if param_shardings is not None:
-                value = jax.device_put(value, _get(param_shardings, path))
+                # from a callback so each host only places its own shards (multi-host safe)
+                value = jax.make_array_from_callback(value.shape, get_path(param_shardings, path),
+                                                     lambda index, v=value: v[index])
             else:
                 value = jnp.asarray(value)
-            _set(params, path, value)
-    finally:
-        for h in handles.values():
-            h.__exit__(None, None, None)
+            set_path(params, path, value)
     if problems:
         raise CheckpointError(f"{hf_dir}: checkpoint does not match the model:\n  " + "\n  ".join(problems))
     variables: Variables = {"params": params}
@@ -217,14 +217,14 @@ def merge_lora(cfg: ModelConfig, variables: Variables) -> dict[str, Any]:
     """Params with every LoRA branch folded in: kernel + A @ B * alpha / r."""
     variables = unbox(variables)
     params = jax.tree.map(lambda x: x, variables["params"])
-    for path, a in _flatten(variables.get("lora", {})):
+    for path, a in flatten_tree(variables.get("lora", {})):
         if path[-1] != "lora_a":
             continue
-        b = _get(variables["lora"], (*path[:-1], "lora_b"))
+        b = get_path(variables["lora"], (*path[:-1], "lora_b"))
         kpath = (*path[:-1], "kernel")
-        kernel = _get(params, kpath)
+        kernel = get_path(params, kpath)
         delta = (jnp.asarray(a, jnp.float32) @ jnp.asarray(b, jnp.float32)) * cfg.lora.scaling
-        _set(params, kpath, (kernel.astype(jnp.float32) + delta).astype(kernel.dtype))
+        set_path(params, kpath, (kernel.astype(jnp.float32) + delta).astype(kernel.dtype))
     return params
 
 
@@ -235,7 +235,7 @@ def save_hf(cfg: ModelConfig, variables: Variables, out_dir: str | Path) -> Path
     out_dir.mkdir(parents=True, exist_ok=True)
     params = merge_lora(cfg, variables)
     tensors = {}
-    for path, value in _flatten(params):
+    for path, value in flatten_tree(params):
         ours = np.asarray(jax.device_get(value))
         tensors[saved_key(hf_key(path))] = to_hf(path, ours).reshape(_hf_shape(cfg, path, ours.shape))
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})

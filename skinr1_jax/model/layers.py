@@ -79,6 +79,7 @@ class Linear(nn.Module):
     deterministic: bool = True
     dtype: str = "float32"
     param_dtype: str = "float32"
+    out_dtype: str | None = None  # e.g. float32 logits from bf16 inputs (f32 accumulation)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -87,11 +88,12 @@ class Linear(nn.Module):
         kernel = self.param("kernel", nn.with_logical_partitioning(
             nn.initializers.normal(0.02), self.axes), (in_features, self.features), pdtype)
         x = x.astype(dtype)
-        y = jnp.dot(x, kernel.astype(dtype))
+        y = jnp.dot(x, kernel.astype(dtype),
+                    preferred_element_type=_dt(self.out_dtype) if self.out_dtype else None)
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axes[1],)),
                               (self.features,), pdtype)
-            y = y + bias.astype(dtype)
+            y = y + bias.astype(y.dtype)
         if self.lora.targets(self.module_name):
             r = self.lora.rank
             a = self.variable("lora", "lora_a", lambda: nn.with_logical_partitioning(
@@ -101,7 +103,8 @@ class Linear(nn.Module):
                 nn.initializers.zeros, ("lora_rank", self.axes[1]))(
                     self.make_rng("params"), (r, self.features), pdtype))
             h = nn.Dropout(self.lora.dropout)(x, deterministic=self.deterministic)
-            y = y + jnp.dot(jnp.dot(h, a.value.astype(dtype)), b.value.astype(dtype)) * self.lora.scaling
+            delta = jnp.dot(jnp.dot(h, a.value.astype(dtype)), b.value.astype(dtype))
+            y = y + (delta * self.lora.scaling).astype(y.dtype)
         return y
 
 

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from skinr1_jax.model.config import LoraConfig, ModelConfig
-from skinr1_jax.model.hf_io import (CheckpointError, _flatten, _get, _set, canonical_key,
+from skinr1_jax.model.hf_io import (CheckpointError, canonical_key, flatten_tree, set_path,
                                     merge_lora, module_name)
 from skinr1_jax.model.vlm import Variables, abstract_variables, unbox
 
@@ -66,7 +66,7 @@ def _split_key(key: str, source: Path) -> tuple[str, str]:
 def _linear_paths(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
     """transformers 5 module name -> our module path, for every Linear."""
     params = unbox(abstract_variables(dataclasses.replace(cfg, lora=LoraConfig(rank=0))))["params"]
-    return {module_name(p): p[:-1] for p, _ in _flatten(params) if p[-1] == "kernel"}
+    return {module_name(p): p[:-1] for p, _ in flatten_tree(params) if p[-1] == "kernel"}
 
 
 def load_adapter(adapter_dir: str | Path, cfg: ModelConfig, variables: Variables,
@@ -82,7 +82,7 @@ def load_adapter(adapter_dir: str | Path, cfg: ModelConfig, variables: Variables
     tensors = _read_tensors(adapter_dir)
     source = adapter_dir / "adapter_model.safetensors"
     rank, alpha = int(conf["r"]), float(conf["lora_alpha"])
-    found: dict[str, dict[str, np.ndarray]] = {}
+    found: dict[str, dict[str, tuple[str, np.ndarray]]] = {}
     for key, value in tensors.items():
         module, part = _split_key(key, source)
         found.setdefault(module, {})[part] = (key, value)
@@ -97,7 +97,7 @@ def load_adapter(adapter_dir: str | Path, cfg: ModelConfig, variables: Variables
     lora_cfg = LoraConfig(rank=rank, alpha=alpha, dropout=float(conf.get("lora_dropout", 0.0)),
                           target_modules=tuple(sorted(found)), include_vision_blocks=True)
     new_cfg = dataclasses.replace(cfg, lora=lora_cfg)
-    expected = dict(_flatten(unbox(abstract_variables(new_cfg))["lora"]))
+    expected = dict(flatten_tree(unbox(abstract_variables(new_cfg))["lora"]))
     dtype = jnp.dtype(cfg.param_dtype)
     lora: dict[str, Any] = {}
     for module, parts in sorted(found.items()):
@@ -109,7 +109,7 @@ def load_adapter(adapter_dir: str | Path, cfg: ModelConfig, variables: Variables
                 problems.append(f"tensor {key} has shape {tuple(value.shape)}, model expects "
                                 f"{tuple(want[::-1])}")
                 continue
-            _set(lora, (*path, leaf), jnp.asarray(np.ascontiguousarray(value.T), dtype))
+            set_path(lora, (*path, leaf), jnp.asarray(np.ascontiguousarray(value.T), dtype))
     if problems:
         raise CheckpointError(f"{source}:\n  " + "\n  ".join(problems))
     base = {k: v for k, v in unbox(variables).items() if k != "lora"}
@@ -130,7 +130,7 @@ def save_adapter(cfg: ModelConfig, variables: Variables, out_dir: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     lora = unbox(variables)["lora"]
     tensors, modules = {}, []
-    for path, value in _flatten(lora):
+    for path, value in flatten_tree(lora):
         module = module_name((*path[:-1], "kernel"))
         part = "lora_A" if path[-1] == "lora_a" else "lora_B"
         tensors[f"{PEFT_PREFIX}{module}.{part}.weight"] = np.ascontiguousarray(

@@ -24,6 +24,7 @@ from skinr1_jax.model.rope import GridTHW
 from skinr1_jax.model.vlm import CACHE_AXES, forward, init_cache
 
 _TRACES = [0]
+MAX_EOS_IDS = 8
 
 
 def trace_count() -> int:
@@ -91,7 +92,8 @@ def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarra
               position_ids: jnp.ndarray, pixel_values: jnp.ndarray | None,
               rng: jax.Array, temperature: jnp.ndarray, top_k: jnp.ndarray, top_p: jnp.ndarray,
               eos_ids: jnp.ndarray, *, cfg: ModelConfig, grid_thw: GridTHW | None, num_samples: int,
-              max_new_tokens: int, greedy: bool, filtered: bool, pad_id: int, cache_dtype: str) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+              max_new_tokens: int, greedy: bool, filtered: bool, pad_id: int,
+              cache_dtype: str) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     _TRACES[0] += 1
     b, s = input_ids.shape
     n, total = num_samples, s + max_new_tokens
@@ -193,6 +195,11 @@ def sample(cfg: ModelConfig, variables: Any, prompt_batch: Mapping[str, Any], *,
         raise ValueError(f"bad sampling parameters: temperature={temperature}, top_k={top_k}, top_p={top_p}")
     if stop_sequences and tokenizer is None:
         raise ValueError("stop_sequences need a tokenizer to decode the generated ids")
+    if len(eos_ids) > MAX_EOS_IDS:
+        raise ValueError(f"at most {MAX_EOS_IDS} eos_ids, got {len(eos_ids)}")
+    # A fixed-size EOS vector (-1 never matches) so that changing the EOS set never recompiles.
+    eos = np.full((MAX_EOS_IDS,), -1, np.int32)
+    eos[: len(eos_ids)] = [int(e) for e in eos_ids]
     input_ids = jnp.asarray(prompt_batch["input_ids"], jnp.int32)
     mask = np.asarray(prompt_batch["attention_mask"])
     if mask.shape != input_ids.shape:
@@ -208,7 +215,7 @@ def sample(cfg: ModelConfig, variables: Any, prompt_batch: Mapping[str, Any], *,
         jnp.asarray(prompt_batch["position_ids"], jnp.int32),
         None if pixels is None else jnp.asarray(pixels, jnp.float32), rng,
         jnp.float32(max(temperature, 1e-6)), jnp.int32(top_k), jnp.float32(top_p),
-        jnp.asarray(np.asarray(list(eos_ids), np.int32).reshape(-1)),
+        jnp.asarray(eos),
         cfg=cfg, grid_thw=grid or None, num_samples=int(num_samples), max_new_tokens=int(max_new_tokens),
         greedy=temperature == 0, filtered=top_k > 0 or top_p < 1.0, pad_id=int(pad_id),
         cache_dtype=cache_dtype or cfg.dtype)

@@ -85,7 +85,7 @@ class Qwen2_5_VL(nn.Module):
         else:
             logits = Linear(c.text.vocab_size, ("embed", "vocab"), "lm_head", use_bias=False,
                             lora=c.lora, deterministic=self.deterministic, dtype=c.dtype,
-                            param_dtype=c.param_dtype, name="lm_head")(h)
+                            param_dtype=c.param_dtype, out_dtype="float32", name="lm_head")(h)
         return logits.astype(jnp.float32), cache
 
 
@@ -173,9 +173,7 @@ def init_variables(cfg: ModelConfig, rng: jax.Array) -> Variables:
 
     @jax.jit
     def init(key: jax.Array) -> Variables:
-        params_key, lora_key = jax.random.split(key)
-        return model.init({"params": params_key, "lora": lora_key}, jnp.asarray(ids), None, positions,
-                          pixels, grid, None, None)
+        return model.init({"params": key}, jnp.asarray(ids), None, positions, pixels, grid, None, None)
 
     return dict(init(rng))
 

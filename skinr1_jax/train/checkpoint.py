@@ -78,9 +78,12 @@ class CheckpointManager:
             policies.append(ocm.BestN(get_metric_fn=lambda m: m[best_metric], n=1,
                                       reverse=best_mode == "min",
                                       keep_checkpoints_without_metrics=False))
+        # best_fn is set only so orbax writes the metrics to disk (retention after a restart);
+        # which steps are kept is decided by the preservation policy alone.
         options = ocp.CheckpointManagerOptions(
             create=True, enable_async_checkpointing=async_save,
-            preservation_policy=ocm.AnyPreservationPolicy(policies))
+            preservation_policy=ocm.AnyPreservationPolicy(policies),
+            best_fn=(lambda m: m[best_metric]) if best_metric else None, best_mode=best_mode)
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
         self._preempted = threading.Event()
         self._previous_handler = None

@@ -9,14 +9,15 @@ from collections.abc import Mapping
 import jax
 
 # Environment variables that show a multi-process launch.
-_TPU_POD_VARS = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
 _COORDINATOR_VARS = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
 
 
 def multiprocess_env(env: Mapping[str, str] | None = None) -> str | None:
-    """'tpu', 'slurm' or 'coordinator' when the environment describes a multi-process run,
+    """'explicit', 'tpu', 'slurm' or 'coordinator' when the environment describes a multi-process run,
     else None (single process)."""
     env = os.environ if env is None else env
+    if env.get("SKINR1_DISTRIBUTED") == "1":      # explicit opt-in (launch/scripts/tpu_pod.sh)
+        return "explicit"
     hosts = env.get("TPU_WORKER_HOSTNAMES", "")
     if "," in hosts or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
         return "tpu"
@@ -31,8 +32,9 @@ def maybe_initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
     """Call `jax.distributed.initialize()` when running as one of several processes; must run
     before anything touches devices. Returns whether it initialised.
 
-    TPU pods and SLURM are auto-detected by JAX's cluster plugins; a generic cluster sets
-    JAX_COORDINATOR_ADDRESS (host:port), JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+    TPU pods and SLURM are auto-detected by JAX's cluster plugins (SKINR1_DISTRIBUTED=1 forces
+    the call); a generic cluster sets JAX_COORDINATOR_ADDRESS (host:port), JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID.
     """
     env = os.environ if env is None else env
     kind = multiprocess_env(env)

@@ -30,38 +30,28 @@ BATCH_AXES = ("data", "fsdp")
 # array; an axis whose size does not divide the dimension is dropped (so tiny models and odd
 # head counts still shard cleanly). Names mapped to None are known and replicated.
 LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    # activations
+    # activations and the KV cache
     ("batch", BATCH_AXES),
     ("length", None),
-    ("act_embed", None),
-    ("act_mlp", "tensor"),
-    ("act_heads", "tensor"),
-    ("act_kv_heads", "tensor"),
     ("act_vocab", "tensor"),
-    ("patches", None),
-    # language model parameters
+    ("layers", None),
+    ("cache_len", None),
+    ("head_dim", None),
+    # language model (skinr1_jax.model.layers documents which parameter carries which name)
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
-    ("q_heads", "tensor"),
-    ("qkv", "tensor"),
-    ("head_dim", None),
-    ("kv", None),
-    ("norm", None),
-    ("layers", None),
-    # vision tower and merger
-    ("vision_embed", "fsdp"),
-    ("vision_mlp", "tensor"),
-    ("vision_heads", "tensor"),
-    ("vision_head_dim", None),
+    # vision tower and patch merger
     ("vision_patch", None),
-    ("vision_in", None),
-    ("merger_in", "fsdp"),
-    ("merger_mlp", "tensor"),
-    ("vision_norm", None),
-    # LoRA adapters: the rank is small, the other dimension follows the base weight
+    ("vision_embed", "fsdp"),
+    ("vision_qkv", "tensor"),
+    ("vision_heads", "tensor"),
+    ("vision_mlp", "tensor"),
+    ("vision_merge_in", "fsdp"),
+    ("vision_merge", "tensor"),
+    # LoRA adapters: the rank is small; the other dimension follows the base weight
     ("lora_rank", None),
 )
 

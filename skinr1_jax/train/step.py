@@ -213,8 +213,7 @@ def make_train_step(apply_fn: ApplyFn, step_cfg: StepConfig,
             sft_b = dict(sft_batch)
             sft_count = jnp.sum(sft_b["loss_mask"][:, 1:].astype(jnp.float32))
         if c.rl:
-            rl_b = {k: v for k, v in rl_batch.items()
-                    if k not in ("ref_logprobs",) or c.beta != 0}
+            rl_b = dict(rl_batch)
             total, comps = rewards.compute_rewards(rl_b, c.reward, credit_arr)
             adv, share = grpo.group_advantages(total, rl_b["group_ids"], scale_std=c.scale_std)
             rl_b["advantages"] = adv
@@ -266,9 +265,7 @@ def make_train_step(apply_fn: ApplyFn, step_cfg: StepConfig,
         return new_state, metrics
 
     sft_sh = shd.batch_shardings(sft_example, mesh) if c.sft else None
-    rl_sh = None
-    if c.rl:
-        rl_sh = shd.batch_shardings({k: v for k, v in rl_example.items()}, mesh)
+    rl_sh = shd.batch_shardings(rl_example, mesh) if c.rl else None
     jitted = jax.jit(joint_step, in_shardings=(state_shardings, sft_sh, rl_sh),
                      out_shardings=(state_shardings, replicated), donate_argnums=(0,))
     return TrainStep(jitted, mesh)

@@ -133,7 +133,12 @@ def _round_robin(lists: Sequence[list]) -> list:
 
 
 # ---- building -----------------------------------------------------------------------------
-DDX_MAX_WORDS = 130   # thinking budget of the comparison types (the default max_seq_len is 256)
+# Word budgets of the thinking, so that chat template, image, prompt and response fit the
+# default max_seq_len of 256 tokens (the embedded tokenizer spends ~1.35 tokens per word):
+# comparison types (the two rules with the observations, then all) and the hierarchy walk.
+DDX_RULE_WORDS = 50
+DDX_MAX_WORDS = 80
+WALK_MAX_WORDS = 80
 
 
 def _words(*parts: str | Sequence[str]) -> int:
@@ -143,8 +148,12 @@ def _words(*parts: str | Sequence[str]) -> int:
 def _rule(ctx: _Context, node: int, rng: np.random.Generator) -> str:
     rules = ctx.kb.rules(node) if node in ctx.kb else ()
     if not rules:
-        raise _Skip(f"no rule for {ctx.taxonomy.name(node)!r}")
+        raise _Skip("no rule for the label")
     return T.sentence(rules[int(rng.integers(len(rules)))])
+
+
+def _shortest_rule(ctx: _Context, node: int) -> str:
+    return T.sentence(min(ctx.kb.rules(node), key=lambda r: len(r.split())))
 
 
 def _related(ctx: _Context, a: int, b: int) -> bool:
@@ -177,6 +186,8 @@ def _few(items: Iterable[str], rng: np.random.Generator, k: int) -> list[str]:
 
 def _build(kind: str, node: int, example: Mapping[str, Any], rng: np.random.Generator,
            ctx: _Context, llm_stats: Counter) -> dict[str, Any]:
+    if node not in ctx.kb:
+        raise _Skip("label has no knowledge-base profile")
     label = ctx.taxonomy.name(node)
     concepts = list(dict.fromkeys(example["concepts"]))
     opening = [T.pick(rng, T.OBSERVE, np=T.describe(concepts, rng))] if concepts else []
@@ -185,7 +196,7 @@ def _build(kind: str, node: int, example: Mapping[str, Any], rng: np.random.Gene
     elif kind == "hierarchy_walk":
         if not concepts:
             raise _Skip("no observed concepts to walk from")
-        steps, differentials = _walk(ctx, node, concepts, rng)
+        steps, differentials = _walk(ctx, node, concepts, _words(opening), rng)
         thinking = opening + steps
     else:
         other = _other(kind, node, ctx, rng)
@@ -217,6 +228,8 @@ def _compare(kind: str, ctx: _Context, node: int, other: int, concepts: list[str
     """keep: the label is primary and stays; switch: `other` is the first hypothesis, the label wins."""
     name, other_name = ctx.taxonomy.name(node), ctx.taxonomy.name(other)
     rule, other_rule = _rule(ctx, node, rng), _rule(ctx, other, rng)
+    if observed_words + _words(rule, other_rule) > DDX_RULE_WORDS:
+        rule, other_rule = _shortest_rule(ctx, node), _shortest_rule(ctx, other)
     intro_bank = T.DDX_INTRO if kind.startswith("ddx_") else T.RANDOM_INTRO
     if kind.endswith("_keep"):
         steps = [T.pick(rng, T.RULE_INTRO, rule=rule), T.pick(rng, T.PRIMARY, dx=name),
@@ -225,37 +238,45 @@ def _compare(kind: str, ctx: _Context, node: int, other: int, concepts: list[str
         steps = [T.pick(rng, T.HYPOTHESIS_INTRO, rule=other_rule),
                  T.pick(rng, T.HYPOTHESIS, dx=other_name),
                  T.pick(rng, intro_bank, dx=other_name, other=name, rule=rule)]
-    comparison = _template_comparison(ctx, node, other, concepts, rng)
+    ending_bank = T.KEEP if kind.endswith("_keep") else T.SWITCH
+    ending = T.pick(rng, ending_bank, dx=name, other=other_name)
+    used = observed_words + _words(steps, ending)
+    # The comparison shrinks to fit the budget: two findings each way, one, then a bare verdict.
+    comparison = _template_comparison(ctx, node, other, concepts, rng, 2)
+    if used + _words(comparison) > DDX_MAX_WORDS:
+        comparison = _template_comparison(ctx, node, other, concepts, rng, 1)
+    if used + _words(comparison) > DDX_MAX_WORDS:
+        comparison = T.pick(rng, T.VERDICT, dx=name, other=other_name)
+        if used + _words(comparison) > DDX_MAX_WORDS:   # long names: the shortest ending
+            ending = min((b.format(dx=name, other=other_name, Dx=T.cap(name)) for b in ending_bank),
+                         key=lambda e: len(e.split()))
     if ctx.client is not None:
         text = llm_comparison(ctx.client, ctx.cfg.llm, ctx.taxonomy, node, rule, other,
                               other_rule, T.findings(concepts))
         llm_stats["used" if text else "fallback"] += 1
         comparison = text or comparison
     steps.append(comparison)
-    bank = T.KEEP if kind.endswith("_keep") else T.SWITCH
-    ending = T.pick(rng, bank, dx=name, other=other_name)
     feature = _separating_feature(ctx, node, other) if kind.startswith("ddx_") else None
     if feature:
         separator = T.pick(rng, T.SEPARATOR, feature=feature.rstrip("."))
-        # The default model's sequences are short: the separating feature is the step to drop.
-        if _words(steps, separator, ending) + observed_words <= DDX_MAX_WORDS:
+        if used + _words(comparison, separator) <= DDX_MAX_WORDS:
             steps.append(separator)
     return steps + [ending]
 
 
 def _template_comparison(ctx: _Context, node: int, other: int, concepts: list[str],
-                         rng: np.random.Generator) -> str:
+                         rng: np.random.Generator, k: int) -> str:
     name, other_name = ctx.taxonomy.name(node), ctx.taxonomy.name(other)
     mine, theirs = ctx.kb.profile(node).concepts, ctx.kb.profile(other).concepts
     if not concepts:
-        a = _few([c for c in mine if c not in theirs], rng, 2)
-        b = _few([c for c in theirs if c not in mine], rng, 2)
+        a = _few([c for c in mine if c not in theirs], rng, k)
+        b = _few([c for c in theirs if c not in mine], rng, k)
         if a and b:
             return T.pick(rng, T.TEXTBOOK_CONTRAST, dx=name, other=other_name,
                           a=T.join_words(T.findings(a)), b=T.join_words(T.findings(b)))
         return T.pick(rng, T.TEXTBOOK_CONTRAST_GENERIC, dx=name, other=other_name)
-    support = _few([c for c in concepts if c in mine], rng, 3)
-    against = _few([c for c in theirs if c not in concepts], rng, 2)
+    support = _few([c for c in concepts if c in mine], rng, k)
+    against = _few([c for c in theirs if c not in concepts], rng, k)
     first = T.pick(rng, T.SUPPORT, dx=name,
                    findings=T.join_words(T.findings(support)) if support else "overall appearance")
     if against:
@@ -274,43 +295,54 @@ def _separating_feature(ctx: _Context, node: int, other: int) -> str | None:
     return ctx.ddx.feature(node, other)
 
 
-def _walk(ctx: _Context, node: int, concepts: list[str],
+def _walk(ctx: _Context, node: int, concepts: list[str], observed_words: int,
           rng: np.random.Generator) -> tuple[list[str], list[str]]:
     tax = ctx.taxonomy
     path = tax.path(node)
     if len(path) < 3:
         raise _Skip("label too shallow for a hierarchy walk")
     n_others = int(rng.integers(2, 5))
-    neighbours = [o for o in ctx.ddx.neighbors(node) if o in ctx.kb and not _related(ctx, o, node)]
-    near = [o for o in ctx.pool if o not in neighbours and not _related(ctx, o, node)
-            and tax.lca(o, node) != tax.root and tax.depth(tax.lca(o, node)) >= 2]
+    seen = set(concepts)
+
+    # A candidate whose profile reads exactly like the findings could not be argued against.
+    def usable(o: int) -> bool:
+        return o in ctx.kb and not _related(ctx, o, node) and set(ctx.kb.profile(o).concepts) != seen
+
+    neighbours = [o for o in ctx.ddx.neighbors(node) if usable(o)]
+    near = [o for o in ctx.pool if o not in neighbours and usable(o)
+            and tax.depth(tax.lca(o, node)) >= 2]
     others = [int(o) for o in _few(neighbours, rng, n_others)]
     others += [int(o) for o in _few(near, rng, n_others - len(others))]
     if len(others) < 2:
         raise _Skip("fewer than two candidates besides the label")
     candidates = others + [node]
     rng.shuffle(candidates)
-    items = []
-    for c in candidates:
-        theirs = ctx.kb.profile(c).concepts
-        pro = _few([x for x in concepts if x in theirs], rng, 2)
-        # The right diagnosis explains every finding; a wrong one leaves findings unexplained
-        # or lacks its own hallmarks.
-        unexplained = _few([x for x in concepts if x not in theirs], rng, 2)
-        missing = [] if c == node else _few([x for x in theirs if x not in concepts], rng, 2)
-        if unexplained:
-            con = T.join_words(T.findings(unexplained)) + " unexplained"
-        elif missing:
-            con = "no " + T.join_words(T.findings(missing), "or")
-        else:
-            con = "nothing"
-        items.append(T.WALK_ITEM.format(dx=tax.name(c), pro=T.join_words(T.findings(pro)) or "little",
-                                        con=con))
+    items = {c: _walk_item(ctx, node, c, concepts, rng) for c in candidates}
     chain = ", then ".join(tax.name(i) for i in path[1:-1])
-    steps = [T.pick(rng, T.WALK_GROUP, group=tax.name(path[0]), path=chain),
-             T.pick(rng, T.WALK_CANDIDATES) + " " + "; ".join(items) + ".",
-             T.pick(rng, T.WALK_PICK, dx=tax.name(node))]
-    return steps, [tax.name(o) for o in others]
+    head = T.pick(rng, T.WALK_GROUP, group=tax.name(path[0]), path=chain)
+    lead = T.pick(rng, T.WALK_CANDIDATES)
+    pick = T.pick(rng, T.WALK_PICK, dx=tax.name(node))
+    # Over budget, the walk weighs fewer candidates (never fewer than three).
+    while len(items) > 3 and observed_words + _words(head, lead, pick, list(items.values())) > WALK_MAX_WORDS:
+        del items[next(c for c in reversed(candidates) if c in items and c != node)]
+    steps = [head, lead + " " + "; ".join(items.values()) + ".", pick]
+    return steps, [tax.name(o) for o in others if o in items]
+
+
+def _walk_item(ctx: _Context, node: int, c: int, concepts: list[str], rng: np.random.Generator) -> str:
+    theirs = ctx.kb.profile(c).concepts
+    pro = _few([x for x in concepts if x in theirs], rng, 2)
+    # The right diagnosis explains every finding; a wrong one leaves findings unexplained or
+    # lacks its own hallmarks.
+    unexplained = _few([x for x in concepts if x not in theirs], rng, 2)
+    missing = [] if c == node else _few([x for x in theirs if x not in concepts], rng, 2)
+    if unexplained:
+        con = T.join_words(T.findings(unexplained)) + " unexplained"
+    elif missing:
+        con = "no " + T.join_words(T.findings(missing), "or")
+    else:
+        con = "nothing"
+    return T.WALK_ITEM.format(dx=ctx.taxonomy.name(c), pro=T.join_words(T.findings(pro)) or "little", con=con)
 
 
 # ---- reporting ----------------------------------------------------------------------------

@@ -14,8 +14,7 @@ WALK_TYPES = ("hierarchy_walk",)
 ALL_TYPES = BASIC_TYPES + DDX_TYPES + WALK_TYPES
 
 
-_ANSWER = ("In <{d}></{d}> give the most specific diagnosis, its place in the taxonomy and "
-           "whether it is benign, malignant, precancerous or non-neoplastic.")
+_ANSWER = "In <{d}></{d}> give the most specific diagnosis, its taxonomy and its malignancy."
 
 
 def basic_prompt(think_tag: str = "thinking", diagnosis_tag: str = "diagnosis") -> str:
@@ -27,15 +26,15 @@ def basic_prompt(think_tag: str = "thinking", diagnosis_tag: str = "diagnosis") 
 def ddx_prompt(think_tag: str = "thinking", diagnosis_tag: str = "diagnosis") -> str:
     """Findings -> likely diagnosis -> an alternative with its own features -> compare -> conclude."""
     return (f"Diagnose this skin lesion with a differential. In <{think_tag}></{think_tag}> "
-            "describe what is visible, propose a diagnosis, compare it with an alternative and "
-            "its defining features, then conclude. " + _ANSWER.format(d=diagnosis_tag))
+            "describe what is visible, propose a diagnosis, compare an alternative and "
+            "conclude. " + _ANSWER.format(d=diagnosis_tag))
 
 
 def walk_prompt(think_tag: str = "thinking", diagnosis_tag: str = "diagnosis") -> str:
     """Findings -> group -> subgroup -> candidates with findings for and against -> diagnosis."""
     return (f"Diagnose this skin lesion step by step. In <{think_tag}></{think_tag}> describe "
-            "what is visible, narrow from disease group to subgroup, weigh three to five "
-            "candidates by the findings for and against each, and pick one. "
+            "what is visible, narrow from group to subgroup, weigh three to five candidates "
+            "by findings for and against, and pick one. "
             + _ANSWER.format(d=diagnosis_tag))
 
 

@@ -62,17 +62,17 @@ OBSERVE = (
     "On inspection the image shows {np}.",
 )
 RULE_INTRO = (
-    "A textbook rule states: {rule}",
-    "The relevant diagnostic rule: {rule}",
-    "Recall the textbook rule: {rule}",
-    "The textbook describes it this way: {rule}",
+    "A textbook rule: {rule}",
+    "The matching rule: {rule}",
+    "Recall the rule: {rule}",
+    "The textbook says: {rule}",
     "Diagnostic rule: {rule}",
 )
 MATCH = (
-    "The observed {findings} fit this rule.",
-    "Here the {findings} match that description.",
-    "The {findings} seen in the image agree with it.",
-    "This image's {findings} satisfy the rule.",
+    "This rule explains the observed {findings}.",
+    "The rule accounts for the {findings} seen here.",
+    "It matches the {findings} in this image.",
+    "That description covers the {findings} seen here.",
 )
 MATCH_GENERIC = (
     "The overall appearance fits this rule.",
@@ -87,40 +87,39 @@ CONCLUDE = (
 )
 PRIMARY = (
     "So the primary diagnosis is {dx}.",
-    "This gives a primary diagnosis of {dx}.",
-    "My first diagnosis is therefore {dx}.",
+    "This suggests {dx} first.",
     "The leading hypothesis is {dx}.",
 )
 HYPOTHESIS_INTRO = (
     "A first rule to consider: {rule}",
-    "At first glance one rule comes to mind: {rule}",
-    "An initial hypothesis comes from this rule: {rule}",
+    "One rule comes to mind: {rule}",
+    "A first hypothesis comes from: {rule}",
 )
 HYPOTHESIS = (
     "This suggests {dx} at first.",
     "So {dx} is the first hypothesis.",
-    "On that basis {dx} is the initial guess.",
+    "The initial guess is {dx}.",
 )
 DDX_INTRO = (
-    "{Other} is a key differential of {dx}; its rule reads: {rule}",
-    "The differential diagnosis of {dx} includes {other}, whose rule is: {rule}",
-    "Next, consider the differential {other}: {rule}",
-    "{Other} is a classic look-alike of {dx}: {rule}",
+    "A key differential is {other}: {rule}",
+    "Consider the differential {other}: {rule}",
+    "{Other} can look similar: {rule}",
+    "The differential includes {other}: {rule}",
 )
 RANDOM_INTRO = (
-    "To test this, compare {dx} with an unrelated diagnosis, {other}: {rule}",
-    "For contrast, take {other}, which is not a usual differential of {dx}: {rule}",
-    "To check the reasoning, weigh {dx} against {other}: {rule}",
+    "For contrast, take the unrelated {other}: {rule}",
+    "As a check, weigh {other}: {rule}",
+    "Compare an unrelated diagnosis, {other}: {rule}",
 )
 SUPPORT = (
-    "The {findings} support {dx}",
-    "The observed {findings} fit {dx}",
     "{Dx} explains the {findings}",
+    "{Dx} accounts for the observed {findings}",
+    "In keeping with {dx}, the image shows {findings}",
 )
 AGAINST = (
-    "while the {findings} expected for {other} are absent.",
-    "whereas {other} would show {findings}, which are not seen.",
-    "and the {findings} typical of {other} are missing.",
+    "while no {findings} of {other} can be seen.",
+    "whereas {other} would show {findings}, not seen here.",
+    "and there is no sign of the {findings} typical of {other}.",
 )
 AGAINST_NONE = (
     "and {other} offers nothing that fits better.",
@@ -132,7 +131,11 @@ TEXTBOOK_CONTRAST = (
 )
 TEXTBOOK_CONTRAST_GENERIC = (
     "The lesion matches the rule of {dx} better than that of {other}.",
-    "The first rule describes this lesion more closely than the rule of {other}.",
+    "The rule of {dx} describes this lesion more closely than that of {other}.",
+)
+VERDICT = (
+    "The findings fit {dx} better.",
+    "{Dx} matches the findings better.",
 )
 SEPARATOR = (
     "The key difference: {feature}.",
@@ -140,16 +143,16 @@ SEPARATOR = (
     "Distinguishing point: {feature}.",
 )
 KEEP = (
-    "Therefore {dx} remains the most likely diagnosis.",
+    "So {dx} remains most likely.",
     "So the diagnosis stays {dx}.",
     "The primary diagnosis, {dx}, is kept.",
     "Thus {dx} is still the best fit.",
 )
 SWITCH = (
-    "Therefore the diagnosis changes from {other} to {dx}.",
+    "So the diagnosis changes from {other} to {dx}.",
     "So I revise the diagnosis to {dx}.",
-    "{Dx} fits better, so the answer switches from {other} to {dx}.",
-    "The evidence favours {dx} over {other}, so I switch to {dx}.",
+    "{Dx} fits better, so I switch from {other} to {dx}.",
+    "The evidence favours {dx}, so I switch to it.",
 )
 WALK_GROUP = (
     "These findings suggest a {group} condition, in the subgroup {path}.",
@@ -209,7 +212,7 @@ def describe(concepts: Sequence[str], rng: np.random.Generator) -> str:
     adjectives = shapes[:2] + ([" and ".join(colours[:2])] if colours else [])
     text = article(" ".join(adjectives + [noun]))
     if extras:
-        text += " with " + join_words(extras[:3])
+        text += " with " + join_words(extras[:2])
     return text
 
 

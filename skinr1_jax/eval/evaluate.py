@@ -1,0 +1,132 @@
+"""Evaluate one model on the paper's question sets and the open-ended form.
+
+Option sets (accuracy of the parsed option letter, greedy decoding): `indomain` (the 4-option
+hierarchical question; correct = the 0.75 option), `b_or_m`, `hierarchical`, `ddx`, and `ood`
+(the 4-option question on the out-of-distribution split). Open-ended (`open`, `ood_open`):
+the named disease is resolved through the taxonomy and scored at every tree level.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from skinr1_jax.data import tasks
+from skinr1_jax.eval import metrics
+from skinr1_jax.rollout import Encoder, greedy_texts
+from skinr1_jax.taxonomy import UNKNOWN, Taxonomy
+from skinr1_jax.train.rewards import ResponseParser, credit_matrix
+from skinr1_jax.trajectories.rephrase import mentioned_nodes
+
+log = logging.getLogger(__name__)
+
+# result key -> (question kind, split)
+OPTION_SETS = {"indomain": ("mcq_indomain", "indomain", "test"),
+               "b_or_m": ("mcq_b_or_m", "b_or_m", "test"),
+               "hierarchical": ("mcq_hierarchical", "hierarchical", "test"),
+               "ddx": ("mcq_ddx", "ddx", "test"),
+               "ood": ("ood", "indomain", "ood_test")}
+OPEN_SETS = {"open": "test", "ood_open": "ood_test"}
+
+
+def answer_node(final: str | None, taxonomy: Taxonomy) -> int:
+    """The disease named first in an open-ended final field (`name, malignancy`)."""
+    if final is None:
+        return UNKNOWN
+    name = final.strip().split(",")[0].split(".")[0]
+    return int(taxonomy.resolve(name))
+
+
+def _limit(examples: Sequence[Mapping[str, Any]], n: int) -> list:
+    return list(examples) if n <= 0 else list(examples)[:n]
+
+
+class Evaluator:
+    """Builds every question set once; `evaluate(variables)` scores one set of parameters."""
+
+    def __init__(self, config: Any, model_cfg: Any, tokenizer: Any, encoder: Encoder,
+                 splits: Mapping[str, list], taxonomy: Taxonomy, ddx_graph: Any):
+        self.config, self.model_cfg, self.tokenizer = config, model_cfg, tokenizer
+        self.taxonomy = taxonomy
+        self.tags = dict(think_tag=config.generate.think_tag, final_tag=config.generate.final_tag)
+        self.images = {str(e["id"]): e["image"] for split in splits.values() for e in split}
+        self.examples = {str(e["id"]): e for split in splits.values() for e in split}
+        self.sets: dict[str, tuple[str, list, list[dict]]] = {}
+        for name in config.eval.sets:
+            if name in OPTION_SETS:
+                _, kind, split = OPTION_SETS[name]
+                pool = _limit(splits[split], config.eval.max_examples)
+                qs = tasks.build_eval_set(kind, pool, taxonomy, seed=config.seed,
+                                          ddx_graph=ddx_graph, **self.tags).questions
+            elif name in OPEN_SETS:
+                pool = _limit(splits[OPEN_SETS[name]], config.eval.max_examples)
+                qs = tasks.build_eval_set("open", pool, taxonomy, seed=config.seed,
+                                          **self.tags).questions
+            else:
+                raise ValueError(f"config key 'eval.sets' has unknown set {name!r}; known: "
+                                 f"{', '.join([*OPTION_SETS, *OPEN_SETS])}")
+            encoded = [encoder.question(q, self.images[q.example_id]) for q in qs]
+            self.sets[name] = (name, list(qs), encoded)
+        self.credit = credit_matrix(config.rl.reward.distance_mode,
+                                    distance=taxonomy.distance_matrix(),
+                                    shared_depth=taxonomy.shared_depth_matrix(),
+                                    decay=config.rl.reward.distance_decay)
+
+    def _generate(self, variables: Any, encoded: list[dict]) -> list[str]:
+        if not encoded:
+            return []
+        return greedy_texts(self.model_cfg, variables, self.tokenizer, encoded,
+                            batch_size=self.config.eval.batch_size,
+                            max_len=self.config.data.max_seq_len,
+                            max_new_tokens=self.config.eval.max_new_tokens)
+
+    def evaluate(self, variables: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(results, extras): results has the README's metric names; extras keeps the raw
+        predictions of the open-ended test set for plots and the confusion view."""
+        results: dict[str, Any] = {"details": {}}
+        extras: dict[str, Any] = {}
+        for name, (_, questions, encoded) in self.sets.items():
+            texts = self._generate(variables, encoded)
+            if name in OPTION_SETS:
+                key = OPTION_SETS[name][0]
+                acc, fmt = self._option_scores(questions, texts)
+                results[key] = acc
+                results["details"][key] = {"n": len(questions), "format_rate": fmt}
+            else:
+                scores, preds = self._open_scores(questions, texts)
+                if name == "open":
+                    results.update(scores)
+                    extras["open"] = preds
+                else:
+                    results[name] = scores
+            log.info("eval %s: %d questions", name, len(questions))
+        return results, extras
+
+    def _option_scores(self, questions: list, texts: list[str]) -> tuple[float, float]:
+        if not questions:
+            return float("nan"), float("nan")
+        preds, fmt = [], []
+        for q, text in zip(questions, texts):
+            parser = ResponseParser(num_options=len(q.options), **self.tags)
+            preds.append(parser.option(parser.final_field(text)))
+            fmt.append(parser.format_ok(text))
+        answers = [q.answer for q in questions]
+        return metrics.option_accuracy(preds, answers), float(np.mean(fmt))
+
+    def _open_scores(self, questions: list, texts: list[str]) -> tuple[dict, dict]:
+        parser = ResponseParser(**self.tags)
+        pred = np.array([answer_node(parser.final_field(t), self.taxonomy) for t in texts], np.int64)
+        truth = np.array([q.node for q in questions], np.int64)
+        fmt = np.array([parser.format_ok(t) for t in texts], bool)
+        diffs = [sorted(n for n in mentioned_nodes(t, self.taxonomy) if n >= 0) for t in texts]
+        skin = np.array([int(self.examples[q.example_id].get("skin_type", -1)) for q in questions])
+        if not len(questions):
+            return {}, {}
+        scores = metrics.open_ended_metrics(self.taxonomy, pred, truth, format_ok=fmt,
+                                            differentials=diffs, skin_types=skin)
+        known = pred != UNKNOWN
+        credit = np.where(known, self.credit[truth, np.where(known, pred, 0)], 0.0)
+        scores["mean_taxonomy_reward"] = float(credit.mean())
+        return scores, {"pred": pred, "truth": truth, "texts": texts}
