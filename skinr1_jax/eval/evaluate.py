@@ -40,7 +40,11 @@ def answer_node(final: str | None, taxonomy: Taxonomy) -> int:
 
 
 def _limit(examples: Sequence[Mapping[str, Any]], n: int) -> list:
-    return list(examples) if n <= 0 else list(examples)[:n]
+    """At most n examples, evenly spaced: splits are stored class by class, so a prefix
+    would hold one class."""
+    if n <= 0 or n >= len(examples):
+        return list(examples)
+    return [examples[int(i)] for i in np.linspace(0, len(examples) - 1, n).round()]
 
 
 class Evaluator:

@@ -301,3 +301,28 @@ def validate(cfg: ModelConfig) -> None:
         raise ValueError(f"vision.out_hidden_size={v.out_hidden_size} != text.hidden_size={t.hidden_size}")
     if cfg.dtype not in ("float32", "bfloat16") or cfg.param_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype={cfg.dtype!r} / param_dtype={cfg.param_dtype!r}: use float32 or bfloat16")
+
+
+def config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
+    """Plain JSON-able dict of every field (our own format; `config_to_hf` is transformers')."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: dict[str, Any]) -> ModelConfig:
+    """Inverse of `config_to_dict`; unknown fields are an error naming them."""
+    nested = {"vision": VisionConfig, "text": TextConfig, "lora": LoraConfig}
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+        raise ValueError(f"model config has unknown fields {unknown}")
+    kwargs: dict[str, Any] = {}
+    for key, value in d.items():
+        if key in nested:
+            sub_fields = {f.name for f in dataclasses.fields(nested[key])}
+            bad = sorted(set(value) - sub_fields)
+            if bad:
+                raise ValueError(f"model config '{key}' has unknown fields {bad}")
+            value = nested[key](**{k: tuple(v) if isinstance(v, list) else v
+                                   for k, v in value.items()})
+        kwargs[key] = value
+    return ModelConfig(**kwargs)

@@ -146,3 +146,56 @@ def model_config(config: ConfigDict, tokenizer) -> Any:
         hf = json.loads((Path(config.model.hf_dir) / "config.json").read_text())
         return mc.config_from_hf(hf, **common)
     return getattr(mc, f"{name}_config")(**common)
+
+
+def models_dir(workdir: Path) -> Path:
+    return workdir / "models"
+
+
+def encoder(config: ConfigDict, tokenizer, model_cfg):
+    from skinr1_jax.data.pipeline import ImageCache
+    from skinr1_jax.rollout import Encoder
+
+    return Encoder(tokenizer, model_cfg, int(config.data.min_pixels), int(config.data.max_pixels),
+                   ImageCache(max_entries=16384))
+
+
+def base_variables(config: ConfigDict, workdir: Path, model_cfg, tokenizer):
+    """The untrained starting point: the tiny model's seeded random init (saved once as
+    models/base so every stage and the `base` evaluation see the same weights), or the local
+    Hugging Face checkpoint (+ PEFT adapter) for real-scale configs."""
+    import jax
+
+    from skinr1_jax.model import init_variables, unbox
+    from skinr1_jax.model.saved import load_model, save_model
+
+    if config.model.name == "tiny":
+        folder = models_dir(workdir) / "base"
+        if (folder / "model_config.json").exists():
+            return load_model(folder)[1]
+        variables = jax.device_get(unbox(init_variables(model_cfg, jax.random.key(config.seed))))
+        save_model(folder, model_cfg, variables, tokenizer)
+        return variables
+    if config.model.name != "hf":
+        raise ValueError(f"model.name={config.model.name!r} is a shape preset with no weights: "
+                         "use model.name=hf with model.hf_dir for training")
+    from skinr1_jax.model.hf_io import load_hf
+
+    _, variables = load_hf(config.model.hf_dir, model_cfg)
+    if config.model.adapter_dir:
+        from skinr1_jax.model.peft_io import load_adapter
+
+        _, variables = load_adapter(config.model.adapter_dir, model_cfg, variables)
+    return variables
+
+
+def image_grid(encoded: dict) -> tuple[int, int, int]:
+    return tuple(int(g) for g in encoded["grid_thw"])
+
+
+def step_arrays(batch: dict, keep: tuple[str, ...] = ()) -> dict:
+    """The arrays a jitted step takes: host-only fields and bookkeeping masks dropped."""
+    from skinr1_jax.data.pipeline import HOST_KEYS
+
+    drop = set(HOST_KEYS) | {"example_mask", "rope_deltas", "num_options", "answer"}
+    return {k: v for k, v in batch.items() if k not in drop or k in keep}

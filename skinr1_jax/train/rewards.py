@@ -95,8 +95,10 @@ class ResponseParser:
     def malignancy(self, final: str | None) -> int:
         if final is None:
             return NONE
-        m = _MALIGNANCY_RE.search(final)
-        return NONE if m is None else malignancy_index(m.group(1))
+        # The last class word, not the paper's first: an option may itself be a group named
+        # "malignant ..." or "benign ..." ("C: malignant epidermal, precancerous in situ").
+        words = _MALIGNANCY_RE.findall(final)
+        return NONE if not words else malignancy_index(words[-1])
 
     def __call__(self, texts: Sequence[str],
                  resolver: Callable[[str], int] | None = None) -> dict[str, np.ndarray]:

@@ -1,0 +1,187 @@
+"""Timing and machine-info helpers shared by every benchmark.
+
+Every timed figure is a `Timing`: warm-up calls (compilation, allocator) are excluded, then
+`repeats` timed calls give the median with min and max; a figure whose spread (max - min) is
+more than NOISY_SPREAD of its median is flagged `noisy` (another process shared the CPU, a
+page fault storm, ...), so a reader knows not to trust it to two digits.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+NOISY_SPREAD = 0.2
+
+
+def timing(times: list[float]) -> dict[str, Any]:
+    """Median / min / max seconds of repeated runs and the noisy flag."""
+    if not times:
+        raise ValueError("timing: no measurements")
+    med = statistics.median(times)
+    lo, hi = min(times), max(times)
+    return {"median_s": med, "min_s": lo, "max_s": hi, "repeats": len(times),
+            "noisy": bool(med > 0 and (hi - lo) / med > NOISY_SPREAD)}
+
+
+def time_fn(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 3,
+            sync: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """Time `fn()` after `warmup` untimed calls. `sync(result)` blocks until asynchronous work
+    (a jax dispatch) has finished, so the clock stops when the result exists."""
+    if repeats < 1:
+        raise ValueError(f"time_fn: repeats={repeats} must be >= 1")
+    sync = sync or (lambda r: r)
+    for _ in range(warmup):
+        sync(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sync(fn())
+        times.append(time.perf_counter() - start)
+    return timing(times)
+
+
+def throughput(t: dict[str, Any], items: float, unit: str) -> dict[str, Any]:
+    """`items` per second of a Timing: the median rate and the range (min rate from max time)."""
+    return {f"{unit}_per_s": items / t["median_s"], f"{unit}_per_s_min": items / t["max_s"],
+            f"{unit}_per_s_max": items / t["min_s"], "noisy": t["noisy"], "timing": t}
+
+
+def block(tree: Any) -> Any:
+    """Wait for every jax array in `tree` (no-op for host values)."""
+    import jax
+    return jax.block_until_ready(tree)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux)."""
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on: CPU, cores, load, library versions, date."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": _version("jax"), "flax": _version("flax"), "optax": _version("optax"),
+        "torch": _version("torch"), "transformers": _version("transformers"),
+    }
+
+
+def emit(result: dict[str, Any]) -> dict[str, Any]:
+    """Print a benchmark's result as the last stdout line (the runner parses it)."""
+    result = {**result, "peak_rss_bytes": peak_rss_bytes(),
+              "load_avg_1_5_15_end": [round(x, 2) for x in os.getloadavg()]}
+    print(json.dumps(result), flush=True)
+    return result
+
+
+# ---- the model pair every side-by-side benchmark runs ------------------------------------------
+
+def tiny_model_pair(vocab_size: int, seed: int = 0, attn_implementation: str = "sdpa",
+                    **overrides: Any) -> tuple[Any, Any, Any]:
+    """(cfg, our variables, transformers model) of one random tiny Qwen2.5-VL: transformers
+    builds and saves it, ours loads the same weights through hf_io. The torch model is reloaded
+    with `attn_implementation` (transformers' default sdpa is its fastest CPU path)."""
+    import tempfile
+
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from skinr1_jax.model import tiny_config
+    from skinr1_jax.model.convert import write_random_hf_checkpoint
+    from skinr1_jax.model.hf_io import load_hf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_random_hf_checkpoint(tiny_config(vocab_size, **overrides), tmp, seed=seed)
+        cfg, variables = load_hf(tmp)
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            tmp, dtype=torch.float32, attn_implementation=attn_implementation)
+    return cfg, variables, model
+
+
+def model_apply_fn(cfg: Any, grid_thw: Any) -> Callable[..., Any]:
+    """The train step's `apply_fn(variables, inputs, rng, deterministic) -> logits` for our
+    Qwen2.5-VL on batches whose images have this (static) grid."""
+    from skinr1_jax.model import forward
+
+    grid = tuple(tuple(int(v) for v in g) for g in grid_thw) if grid_thw else None
+
+    def apply_fn(variables, inputs, rng, deterministic):
+        logits, _ = forward(cfg, variables, inputs, grid_thw=grid, deterministic=deterministic,
+                            rngs=None if deterministic else {"dropout": rng})
+        return logits
+    return apply_fn
+
+
+def sft_batch(cfg: Any, batch_size: int, seq_len: int, image_patches: int = 8,
+              seed: int = 0) -> tuple[dict[str, Any], tuple]:
+    """A full-length SFT batch of text + one image + text per row (no padding), the text after
+    the image being the assistant target. Returns (host batch for the step, grid_thw)."""
+    import numpy as np
+
+    from skinr1_jax.model.convert import random_batch
+
+    merge2 = cfg.vision.spatial_merge_size ** 2
+    image_tokens = image_patches * image_patches // merge2 + 2   # + vision start / end
+    text_len = (seq_len - image_tokens) // 2
+    if text_len < 1 or 2 * text_len + image_tokens != seq_len:
+        raise ValueError(f"seq_len={seq_len}: needs an even number of text tokens around the "
+                         f"{image_tokens} image tokens")
+    grid = ((1, image_patches, image_patches),) * batch_size
+    b = random_batch(cfg, grid, seed=seed, text_len=text_len, batch_size=batch_size)
+    loss_mask = np.zeros_like(b["input_ids"])
+    loss_mask[:, text_len + image_tokens:] = 1
+    batch = {k: b[k] for k in ("input_ids", "attention_mask", "position_ids", "pixel_values")}
+    batch["loss_mask"] = loss_mask
+    return batch, b["grid_thw"]
+
+
+def sft_train_step(cfg: Any, variables: Any, example: dict[str, Any], grid_thw: Any, mesh: Any,
+                   *, lr: float = 1e-4, step_cfg: Any = None, rl_example: Any = None,
+                   ) -> tuple[Any, Any, Any]:
+    """(jitted TrainStep, TrainState, state shardings) of full fine-tuning with our AdamW."""
+    import jax
+
+    from skinr1_jax.model import abstract_variables
+    from skinr1_jax.train import optim, state as st, step as stp
+
+    opt = optim.make_optimizer(lr, total_steps=1000, warmup_ratio=0.0, weight_decay=0.01,
+                               grad_clip=1.0)
+    shardings = st.state_shardings(abstract_variables(cfg), opt, mesh, lora=False)
+    state = st.state_from_variables(variables, opt, shardings, jax.random.PRNGKey(0), lora=False)
+    step_cfg = step_cfg or stp.StepConfig(lambda_sft=1.0, lambda_rl=0.0)
+    step = stp.make_train_step(model_apply_fn(cfg, grid_thw), step_cfg, opt, mesh, shardings,
+                               sft_example=example, rl_example=rl_example)
+    return step, state, shardings

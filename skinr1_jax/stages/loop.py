@@ -1,0 +1,147 @@
+"""The training loop shared by the `sft` and `rl` stages: mesh, sharded state, the jitted joint
+step compiled ahead of time, orbax checkpoints with exact resume, progress and metrics.
+
+A stage supplies a `BatchSource`: it turns (state, step) into the step's SFT and/or RL batch
+and owns the data iterators whose positions are saved with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from skinr1_jax.model import abstract_variables, forward
+from skinr1_jax.train import checkpoint as ckpt
+from skinr1_jax.train import logging as tlog
+from skinr1_jax.train import optim, sharding
+from skinr1_jax.train import state as tstate
+from skinr1_jax.train import step as tstep
+
+log = logging.getLogger(__name__)
+
+
+class BatchSource(Protocol):
+    def batches(self, state: tstate.TrainState, step: int
+                ) -> tuple[dict | None, dict | None, dict[str, float]]: ...
+
+    def get_state(self) -> dict[str, int]: ...
+
+    def restore(self, data_state: Mapping[str, int]) -> None: ...
+
+
+def apply_fn_for(model_cfg: Any, grid: tuple[int, int, int] | None) -> Callable:
+    """The model as the step sees it. Every row carries one image of the same grid (fixed
+    image size), so the static grid tuple follows from the row count of each micro-batch."""
+
+    def apply_fn(variables, batch, rng, deterministic):
+        rows = batch["input_ids"].shape[0]
+        grid_thw = (grid,) * rows if "pixel_values" in batch else None
+        return forward(model_cfg, variables, batch, grid_thw=grid_thw,
+                       deterministic=deterministic, rngs={"dropout": rng})[0]
+
+    return apply_fn
+
+
+@dataclass
+class TrainResult:
+    variables: Any
+    steps: int
+    seconds: float
+    last_metrics: dict[str, float]
+
+
+def train(stage: str, config: ConfigDict, workdir: Path, *, model_cfg: Any, variables: Any,
+          grid: tuple[int, int, int] | None, source: BatchSource, step_cfg: tstep.StepConfig,
+          steps: int, learning_rate: float, warmup_ratio: float, example_batches: tuple,
+          credit: np.ndarray | None = None) -> TrainResult:
+    """Run `steps` updates of `stage`, resuming from <workdir>/checkpoints/<stage> if present."""
+    lora = model_cfg.lora.rank > 0
+    mesh = sharding.make_mesh(config.mesh)
+    optimizer = optim.make_optimizer(learning_rate, max(steps, 1), warmup_ratio,
+                                     float(config.sft.weight_decay), float(config.sft.grad_clip))
+    shardings = tstate.state_shardings(abstract_variables(model_cfg), optimizer, mesh, lora)
+    state = tstate.state_from_variables(variables, optimizer, shardings,
+                                        jax.random.key(config.seed), lora=lora)
+    sft_example, rl_example = example_batches
+    train_step = tstep.make_train_step(apply_fn_for(model_cfg, grid), step_cfg, optimizer, mesh,
+                                       shardings, sft_example=sft_example, rl_example=rl_example,
+                                       credit=credit)
+    manager = ckpt.CheckpointManager(workdir / "checkpoints" / stage,
+                                     every_steps=int(config.checkpoint.every_steps),
+                                     keep=int(config.checkpoint.keep),
+                                     best_metric=str(config.checkpoint.best_metric),
+                                     async_save=bool(config.checkpoint.async_save))
+    start = 0
+    if manager.latest_step() is not None:
+        restored = manager.restore(state)
+        state, start = restored.state, restored.step
+        source.restore(restored.data_state)
+        print(f"[{stage}] resumed from step {start} ({manager.directory})")
+    writer = tlog.MetricsWriter(workdir, stage, tensorboard=bool(config.log.tensorboard))
+    bar = tlog.ProgressBar(steps, stage, initial=start)
+    t0 = time.time()
+    metrics: dict[str, float] = {}
+    compiled_report = False
+    try:
+        for step in range(start, steps):
+            sft_batch, rl_batch, extra = source.batches(state, step)
+            sft_batch = None if sft_batch is None else sharding.shard_batch(sft_batch, mesh)
+            rl_batch = None if rl_batch is None else sharding.shard_batch(rl_batch, mesh)
+            if not compiled_report:
+                _report_compile(stage, train_step, state, sft_batch, rl_batch)
+                compiled_report = True
+            state, step_metrics = train_step(state, sft_batch, rl_batch)
+            done = step + 1
+            if done % int(config.log.every_steps) == 0 or done == steps:
+                metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                metrics.update(extra)
+                writer.write(done, metrics)
+            bar.update(1, metrics)
+            if manager.should_save(done) or done == steps:
+                manager.save(done, state, data_state=source.get_state(),
+                             metrics=metrics or None)
+                if manager.preempted:
+                    print(f"[{stage}] SIGTERM: saved step {done}; exiting")
+                    raise SystemExit(143)
+    finally:
+        bar.close()
+        manager.close()
+    variables = tstate.merge_variables(state.trainable, state.frozen)
+    return TrainResult(jax.device_get(variables), steps, time.time() - t0, metrics)
+
+
+def _report_compile(stage: str, train_step, state, sft_batch, rl_batch) -> None:
+    """AOT-compile once at start-up: report compile time and per-device memory (fails fast,
+    naming the figures, when the step cannot fit the device)."""
+    t = time.time()
+    _, report = tstep.compile_step(train_step, state, sft_batch, rl_batch, log=lambda s: None)
+    mem = f", {report['total'] / 2**20:.0f} MiB per device" if report else ""
+    print(f"[{stage}] step compiled in {time.time() - t:.1f}s{mem}")
+
+
+def restore_variables(config: ConfigDict, workdir: Path, stage: str, step: int, *,
+                      model_cfg: Any, variables: Any) -> Any:
+    """The model variables of checkpoint `step` of `stage` (e.g. RL from the epoch-4 SFT
+    checkpoint, as the paper does)."""
+    lora = model_cfg.lora.rank > 0
+    mesh = sharding.make_mesh(config.mesh)
+    # Same transformation chain as training, so the saved optimizer state has the same tree.
+    optimizer = optim.make_optimizer(1.0, 1, 0.0, float(config.sft.weight_decay),
+                                     float(config.sft.grad_clip))
+    shardings = tstate.state_shardings(abstract_variables(model_cfg), optimizer, mesh, lora)
+    target = tstate.state_from_variables(variables, optimizer, shardings, jax.random.key(0),
+                                         lora=lora)
+    manager = ckpt.CheckpointManager(workdir / "checkpoints" / stage, every_steps=1,
+                                     handle_sigterm=False)
+    try:
+        restored = manager.restore(target, step=step)
+    finally:
+        manager.close()
+    return jax.device_get(tstate.merge_variables(restored.state.trainable, restored.state.frozen))

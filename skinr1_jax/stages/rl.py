@@ -1,0 +1,230 @@
+"""Stage `rl`: hierarchical GRPO from the SFT model (G completions per question, rewards
+computed on device), optionally jointly with SFT, writing models/sft_rl.
+
+Questions come from the label-only `sparse_train` split: the paper's 4-option hierarchical
+question (`rl.task = mcq`), the open-ended form with the taxonomy-distance reward (`open`), or
+both (`mixed`, a stable per-example coin).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from skinr1_jax.stages import common
+
+SAMPLE_LOG_EVERY = 10
+
+
+def build_questions(config: ConfigDict, examples: list[dict], taxonomy) -> list:
+    from skinr1_jax.data import tasks
+
+    fmt = tasks.TaskFormat(think_tag=config.generate.think_tag, final_tag=config.generate.final_tag,
+                           malignancy_classes=tasks.malignancy_classes_of(examples))
+    mcq = tasks.mcq_questions(examples, taxonomy, seed=config.seed, fmt=fmt)
+    if config.rl.task == "mcq":
+        return mcq
+    open_qs = tasks.open_set(examples, taxonomy, fmt=fmt).questions
+    if config.rl.task == "open":
+        return list(open_qs)
+    coin = [tasks.example_rng(config.seed, str(e["id"]), "rl_task").random() < 0.5 for e in examples]
+    return [o if c else m for m, o, c in zip(mcq, open_qs, coin)]
+
+
+class RolloutSource:
+    """Each step: sample G completions per question with the current policy, parse them,
+    and assemble the GRPO batch (prompt + completion, masks, reward inputs, reference
+    log-probs); plus an SFT batch when the objective is joint."""
+
+    def __init__(self, config: ConfigDict, workdir: Path, *, model_cfg: Any, tokenizer: Any,
+                 enc: Any, ref_variables: Any, logprob_fn: Any, sft_source: Any = None):
+        from skinr1_jax.data.pipeline import BatchIterator, collate_prompts
+        from skinr1_jax.train.rewards import ResponseParser
+
+        self.config, self.model_cfg, self.tokenizer = config, model_cfg, tokenizer
+        self.ref_variables, self.logprob_fn, self.sft_source = ref_variables, logprob_fn, sft_source
+        self.taxonomy, _ = common.taxonomy_and_kb()
+        sparse = common.dataset_splits(config, workdir)["sparse_train"]
+        images = {str(e["id"]): e["image"] for e in sparse}
+        self.questions = build_questions(config, sparse, self.taxonomy)
+        encoded = [enc.question(q, images[q.example_id]) for q in self.questions]
+        self.prompt_len = max(len(e["input_ids"]) for e in encoded)
+        bs = int(config.rl.batch_size)
+        self.iterator = BatchIterator(
+            encoded, bs, config.seed, encode_fn=lambda e: e,
+            collate_fn=lambda rows: collate_prompts(rows, self.prompt_len, tokenizer.pad_id,
+                                                    batch_size=bs))
+        self.grid = common.image_grid(encoded[0])
+        self.parser = ResponseParser(think_tag=config.generate.think_tag,
+                                     final_tag=config.generate.final_tag)
+        self.samples_path = workdir / "rl_samples.jsonl"
+
+    def example_batch(self) -> dict:
+        """A batch of the right structure for the step's input shardings (no sampling)."""
+        prompts = next(self.iterator)
+        self.iterator.restore({"epoch": 0, "position": 0})
+        g, t = int(self.config.rl.num_generations), int(self.config.rl.max_new_tokens)
+        rows = prompts["input_ids"].shape[0] * g
+        fake = np.full((rows, t), self.tokenizer.pad_id, np.int32)
+        return self._assemble(prompts, fake, np.ones(rows, np.int32), [""] * rows)
+
+    def batches(self, state, step: int):
+        from skinr1_jax.rollout import sample_batch
+
+        prompts = next(self.iterator)
+        rng = jax.random.fold_in(jax.random.key(self.config.seed + 1), step)
+        rollout = sample_batch(self.model_cfg, jax.device_get(state.variables), self.tokenizer,
+                               prompts, num_samples=int(self.config.rl.num_generations),
+                               temperature=float(self.config.rl.temperature),
+                               top_k=int(self.config.rl.top_k), top_p=float(self.config.rl.top_p),
+                               max_new_tokens=int(self.config.rl.max_new_tokens), rng=rng)
+        rl_batch = self._assemble(prompts, rollout.tokens, rollout.lengths, rollout.texts)
+        if step % SAMPLE_LOG_EVERY == 0:
+            self._log_samples(step, prompts, rollout.texts)
+        sft_batch = self.sft_source.next() if self.sft_source is not None else None
+        extra = {"format_rate": float(np.mean(rl_batch["format_ok"])),
+                 "mean_length": float(np.mean(rollout.lengths))}
+        return sft_batch, rl_batch, extra
+
+    def _assemble(self, prompts: Mapping[str, Any], tokens: np.ndarray, lengths: np.ndarray,
+                  texts: list[str]) -> dict:
+        from skinr1_jax.eval.evaluate import answer_node
+        from skinr1_jax.model.rope import get_rope_index  # noqa: F401  (positions documented there)
+        from skinr1_jax.train.grpo import assign_group_ids
+
+        g = int(self.config.rl.num_generations)
+        b, p = prompts["input_ids"].shape
+        t = tokens.shape[1]
+        rep = lambda x: np.repeat(np.asarray(x), g, axis=0)
+        input_ids = np.concatenate([rep(prompts["input_ids"]), tokens.astype(np.int32)], axis=1)
+        steps = np.arange(t)[None, :]
+        completion = (steps < lengths[:, None]).astype(np.int32)
+        attention = np.concatenate([rep(prompts["attention_mask"]), completion], axis=1)
+        # Decoding continues every row's positions from its largest prompt position, on all
+        # three rotary axes (text tokens after the image), as the sampler does.
+        prompt_pos = np.repeat(prompts["position_ids"], g, axis=1)            # [3, B*G, P]
+        start = prompt_pos.max(axis=(0, 2)) + 1                               # [B*G]
+        comp_pos = np.broadcast_to(start[:, None] + steps, (3, b * g, t))
+        position_ids = np.concatenate([prompt_pos, comp_pos], axis=2).astype(np.int32)
+        completion_mask = np.concatenate([np.zeros((b * g, p), np.int32), completion], axis=1)
+        pixels = prompts["pixel_values"]
+        per_image = pixels.shape[0] // b
+        pixels = np.repeat(pixels.reshape(b, per_image, -1), g, axis=0).reshape(b * g * per_image, -1)
+        parsed = self.parser(texts)
+        finals = [self.parser.final_field(x) for x in texts]
+        batch = {
+            "input_ids": input_ids, "attention_mask": attention, "position_ids": position_ids,
+            "pixel_values": pixels.astype(np.float32), "completion_mask": completion_mask,
+            "group_ids": assign_group_ids(b, g),
+            "format_ok": parsed["format_ok"], "option": parsed["option"],
+            "malignancy_pred": parsed["malignancy_pred"],
+            "option_scores": rep(prompts["option_scores"]).astype(np.float32),
+            "malignancy_true": rep(prompts["malignancy_true"]).astype(np.int32),
+        }
+        if self.config.rl.task != "mcq":
+            batch["node_pred"] = np.array([answer_node(f, self.taxonomy) for f in finals], np.int32)
+            batch["node_true"] = rep(prompts["node_true"]).astype(np.int32)
+            batch["is_open"] = rep(prompts["is_open"]).astype(np.int32)
+        if float(self.config.rl.beta) != 0:
+            batch["ref_logprobs"] = np.asarray(self.logprob_fn(self.ref_variables, batch))
+        return batch
+
+    def _log_samples(self, step: int, prompts: Mapping[str, Any], texts: list[str]) -> None:
+        g = int(self.config.rl.num_generations)
+        rows = [{"step": step, "example_id": prompts["example_ids"][i // g], "completion": texts[i]}
+                for i in range(0, min(len(texts), 2 * g))]
+        with open(self.samples_path, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    def get_state(self) -> dict[str, int]:
+        out = {f"rl_{k}": int(v) for k, v in self.iterator.get_state().items()}
+        if self.sft_source is not None:
+            out.update(self.sft_source.get_state())
+        return out
+
+    def restore(self, data_state: Mapping[str, int]) -> None:
+        self.iterator.restore({k[3:]: v for k, v in data_state.items() if k.startswith("rl_")})
+        if self.sft_source is not None:
+            self.sft_source.restore(data_state)
+
+
+def initial_policy(config: ConfigDict, workdir: Path, model_cfg: Any, tokenizer: Any) -> Any:
+    from skinr1_jax.model.saved import load_model
+    from skinr1_jax.stages.loop import restore_variables
+
+    if config.rl.init_from == "base":
+        return common.base_variables(config, workdir, model_cfg, tokenizer)
+    sft_dir = common.models_dir(workdir) / "sft"
+    if not (sft_dir / "model_config.json").exists():
+        raise FileNotFoundError(f"{sft_dir} not found: run the sft stage first "
+                                "(or set --config.rl.init_from=base)")
+    variables = load_model(sft_dir)[1]
+    if int(config.rl.init_sft_step) > 0:
+        variables = restore_variables(config, workdir, "sft", int(config.rl.init_sft_step),
+                                      model_cfg=model_cfg, variables=variables)
+    return variables
+
+
+def run(config: ConfigDict, workdir: Path) -> dict:
+    from skinr1_jax.model import abstract_variables
+    from skinr1_jax.model.saved import save_model
+    from skinr1_jax.stages.loop import apply_fn_for, train
+    from skinr1_jax.stages.sft import SFTSource
+    from skinr1_jax.train import sharding
+    from skinr1_jax.train.rewards import credit_matrix
+    from skinr1_jax.train.step import StepConfig, make_logprob_fn
+
+    tokenizer = common.load_tokenizer(config, workdir)
+    model_cfg = common.model_config(config, tokenizer)
+    policy = initial_policy(config, workdir, model_cfg, tokenizer)
+    out = common.models_dir(workdir) / "sft_rl"
+    if config.rl.steps == 0:
+        print("[rl] rl.steps = 0: models/sft_rl is the starting policy")
+        save_model(out, model_cfg, policy, tokenizer)
+        return {"steps": 0}
+    enc = common.encoder(config, tokenizer, model_cfg)
+    mesh = sharding.make_mesh(config.mesh)
+    var_shardings = sharding.param_shardings(abstract_variables(model_cfg), mesh)
+    step_cfg = StepConfig.from_config(config, "rl")
+    sft_source = SFTSource(config, workdir, enc, tokenizer, seed_offset=1) if step_cfg.sft else None
+    grid = None
+    logprob_fn = None
+    if float(config.rl.beta) != 0:
+        # The frozen reference is the starting policy (the SFT model), as in the paper.
+        ref_variables = jax.device_put(policy, var_shardings)
+    else:
+        ref_variables = None
+    source = RolloutSource(config, workdir, model_cfg=model_cfg, tokenizer=tokenizer, enc=enc,
+                           ref_variables=ref_variables, logprob_fn=None, sft_source=sft_source)
+    grid = source.grid
+    if ref_variables is not None:
+        logprob_fn = make_logprob_fn(apply_fn_for(model_cfg, grid), float(config.rl.temperature),
+                                     mesh, var_shardings)
+        source.logprob_fn = logprob_fn
+    credit = None
+    if config.rl.task != "mcq":
+        taxonomy, _ = common.taxonomy_and_kb()
+        credit = credit_matrix(config.rl.reward.distance_mode, distance=taxonomy.distance_matrix(),
+                               shared_depth=taxonomy.shared_depth_matrix(),
+                               decay=float(config.rl.reward.distance_decay))
+    print(f"[rl] {len(source.questions)} questions ({config.rl.task}), {config.rl.steps} steps "
+          f"x {config.rl.batch_size} prompts x G={config.rl.num_generations}, prompt length "
+          f"{source.prompt_len}, up to {config.rl.max_new_tokens} new tokens")
+    sft_example = None
+    if sft_source is not None:
+        sft_example = sft_source.next()
+        sft_source.iterator.restore({"epoch": 0, "position": 0})
+    result = train("rl", config, workdir, model_cfg=model_cfg, variables=policy, grid=grid,
+                   source=source, step_cfg=step_cfg, steps=int(config.rl.steps),
+                   learning_rate=float(config.rl.learning_rate),
+                   warmup_ratio=float(config.rl.warmup_ratio),
+                   example_batches=(sft_example, source.example_batch()), credit=credit)
+    save_model(out, model_cfg, result.variables, tokenizer)
+    print(f"[rl] done in {result.seconds:.0f}s; reward "
+          f"{result.last_metrics.get('reward/total', float('nan')):.3f} -> {out}")
+    return {"steps": result.steps, "seconds": result.seconds, **result.last_metrics}

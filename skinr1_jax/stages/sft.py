@@ -1,0 +1,79 @@
+"""Stage `sft`: supervised fine-tuning on the verified trajectories (loss on the assistant
+turn only), writing models/sft."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from ml_collections import ConfigDict
+
+from skinr1_jax.stages import common
+
+
+class SFTSource:
+    """Fixed-shape SFT batches from a resumable, shuffled iterator over the SFT items."""
+
+    def __init__(self, config: ConfigDict, workdir: Path, enc: Any, tokenizer: Any,
+                 seed_offset: int = 0):
+        from skinr1_jax.data.pipeline import BatchIterator, collate_sft
+        from skinr1_jax.data.sft_mix import build_sft_items
+
+        taxonomy, kb = common.taxonomy_and_kb()
+        dense = common.dataset_splits(config, workdir)["dense_train"]
+        images = {str(e["id"]): e["image"] for e in dense}
+        trajectories = common.read_jsonl(workdir / "trajectories.jsonl")
+        self.items = build_sft_items(trajectories, dense, taxonomy, kb.ddx_graph(),
+                                     config.generate, config.generate.question_share, config.seed)
+        seq_len, pad, bs = int(config.data.max_seq_len), tokenizer.pad_id, int(config.sft.batch_size)
+        self.iterator = BatchIterator(
+            self.items, bs, config.seed + seed_offset,
+            encode_fn=lambda it: enc.sft(it["prompt"], it["response"], images[it["example_id"]],
+                                         it["example_id"]),
+            collate_fn=lambda rows: collate_sft(rows, seq_len, pad, batch_size=bs))
+        self.grid = common.image_grid(enc.sft(self.items[0]["prompt"], "", images[self.items[0]["example_id"]],
+                                              self.items[0]["example_id"]))
+        self.truncated = 0
+
+    def next(self) -> dict:
+        batch = next(self.iterator)
+        self.truncated += int(batch.get("num_truncated", 0))
+        return common.step_arrays(batch)
+
+    def batches(self, state, step):
+        return self.next(), None, {"sft_truncated_total": float(self.truncated)}
+
+    def get_state(self) -> dict[str, int]:
+        return {f"sft_{k}": int(v) for k, v in self.iterator.get_state().items()}
+
+    def restore(self, data_state: Mapping[str, int]) -> None:
+        self.iterator.restore({k[4:]: v for k, v in data_state.items() if k.startswith("sft_")})
+
+
+def run(config: ConfigDict, workdir: Path) -> dict:
+    from skinr1_jax.model.saved import save_model
+    from skinr1_jax.stages.loop import train
+    from skinr1_jax.train.step import StepConfig
+
+    tokenizer = common.load_tokenizer(config, workdir)
+    model_cfg = common.model_config(config, tokenizer)
+    variables = common.base_variables(config, workdir, model_cfg, tokenizer)
+    out = common.models_dir(workdir) / "sft"
+    if config.sft.steps == 0:
+        print("[sft] sft.steps = 0: models/sft is the base model")
+        save_model(out, model_cfg, variables, tokenizer)
+        return {"steps": 0}
+    enc = common.encoder(config, tokenizer, model_cfg)
+    source = SFTSource(config, workdir, enc, tokenizer)
+    print(f"[sft] {len(source.items)} items ({len(source.items) / config.sft.batch_size:.0f} "
+          f"steps per epoch), {config.sft.steps} steps of {config.sft.batch_size}")
+    example = source.next()
+    source.iterator.restore({"epoch": 0, "position": 0})
+    result = train("sft", config, workdir, model_cfg=model_cfg, variables=variables,
+                   grid=source.grid, source=source, step_cfg=StepConfig.from_config(config, "sft"),
+                   steps=int(config.sft.steps), learning_rate=float(config.sft.learning_rate),
+                   warmup_ratio=float(config.sft.warmup_ratio), example_batches=(example, None))
+    save_model(out, model_cfg, result.variables, tokenizer)
+    print(f"[sft] done in {result.seconds:.0f}s; loss {result.last_metrics.get('loss', float('nan')):.4f}"
+          f" -> {out}")
+    return {"steps": result.steps, "seconds": result.seconds, **result.last_metrics}
