@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 NOISY_SPREAD = 0.2
 
 
@@ -131,14 +133,23 @@ def tiny_model_pair(vocab_size: int, seed: int = 0, attn_implementation: str = "
     return cfg, variables, model
 
 
-def model_apply_fn(cfg: Any, grid_thw: Any) -> Callable[..., Any]:
+def model_apply_fn(cfg: Any, image_grid: tuple[int, int, int] | None) -> Callable[..., Any]:
     """The train step's `apply_fn(variables, inputs, rng, deterministic) -> logits` for our
-    Qwen2.5-VL on batches whose images have this (static) grid."""
+    Qwen2.5-VL on batches whose images all have grid `image_grid` (t, h, w). The (static)
+    number of images is read from pixel_values' shape, so one apply_fn serves SFT rows, RL
+    rows and micro-batches alike."""
     from skinr1_jax.model import forward
 
-    grid = tuple(tuple(int(v) for v in g) for g in grid_thw) if grid_thw else None
+    per_image = None if image_grid is None else int(np.prod(image_grid))
 
     def apply_fn(variables, inputs, rng, deterministic):
+        grid = None
+        if inputs.get("pixel_values") is not None:
+            n, rest = divmod(inputs["pixel_values"].shape[0], per_image)
+            if rest:
+                raise ValueError(f"pixel_values has {inputs['pixel_values'].shape[0]} patches, "
+                                 f"not a multiple of {per_image} per image {image_grid}")
+            grid = (tuple(int(v) for v in image_grid),) * n
         logits, _ = forward(cfg, variables, inputs, grid_thw=grid, deterministic=deterministic,
                             rngs=None if deterministic else {"dropout": rng})
         return logits
@@ -149,8 +160,6 @@ def sft_batch(cfg: Any, batch_size: int, seq_len: int, image_patches: int = 8,
               seed: int = 0) -> tuple[dict[str, Any], tuple]:
     """A full-length SFT batch of text + one image + text per row (no padding), the text after
     the image being the assistant target. Returns (host batch for the step, grid_thw)."""
-    import numpy as np
-
     from skinr1_jax.model.convert import random_batch
 
     merge2 = cfg.vision.spatial_merge_size ** 2
@@ -168,20 +177,43 @@ def sft_batch(cfg: Any, batch_size: int, seq_len: int, image_patches: int = 8,
     return batch, b["grid_thw"]
 
 
-def sft_train_step(cfg: Any, variables: Any, example: dict[str, Any], grid_thw: Any, mesh: Any,
-                   *, lr: float = 1e-4, step_cfg: Any = None, rl_example: Any = None,
-                   ) -> tuple[Any, Any, Any]:
-    """(jitted TrainStep, TrainState, state shardings) of full fine-tuning with our AdamW."""
+def train_step(cfg: Any, variables: Any, image_grid: tuple[int, int, int], mesh: Any, *,
+               sft_example: Any = None, rl_example: Any = None, step_cfg: Any = None,
+               lr: float = 1e-4) -> tuple[Any, Any, Any]:
+    """(jitted TrainStep, TrainState, state shardings) of full fine-tuning with our AdamW
+    (grad clipping 1.0, weight decay 0.01); pure SFT unless `step_cfg` says otherwise.
+    variables=None initialises random parameters directly on the devices."""
     import jax
 
-    from skinr1_jax.model import abstract_variables
+    from skinr1_jax.model import abstract_variables, init_variables
     from skinr1_jax.train import optim, state as st, step as stp
 
     opt = optim.make_optimizer(lr, total_steps=1000, warmup_ratio=0.0, weight_decay=0.01,
                                grad_clip=1.0)
-    shardings = st.state_shardings(abstract_variables(cfg), opt, mesh, lora=False)
-    state = st.state_from_variables(variables, opt, shardings, jax.random.PRNGKey(0), lora=False)
+    if variables is None:
+        state, shardings = st.create_train_state(lambda r: init_variables(cfg, r), opt, mesh,
+                                                 jax.random.PRNGKey(0), lora=False)
+    else:
+        shardings = st.state_shardings(abstract_variables(cfg), opt, mesh, lora=False)
+        state = st.state_from_variables(variables, opt, shardings, jax.random.PRNGKey(0),
+                                        lora=False)
     step_cfg = step_cfg or stp.StepConfig(lambda_sft=1.0, lambda_rl=0.0)
-    step = stp.make_train_step(model_apply_fn(cfg, grid_thw), step_cfg, opt, mesh, shardings,
-                               sft_example=example, rl_example=rl_example)
+    step = stp.make_train_step(model_apply_fn(cfg, image_grid), step_cfg, opt, mesh, shardings,
+                               sft_example=sft_example, rl_example=rl_example)
     return step, state, shardings
+
+
+def hf_inputs(batch: dict[str, Any], grid_thw: Any, image_token_id: int,
+              device: Any = None) -> dict[str, Any]:
+    """transformers Qwen2.5-VL keyword inputs of one of our host batches (transformers computes
+    its own 3-D positions from these)."""
+    import torch
+
+    ids = torch.as_tensor(np.asarray(batch["input_ids"]), dtype=torch.long)
+    out = dict(input_ids=ids,
+               attention_mask=torch.as_tensor(np.asarray(batch["attention_mask"]),
+                                              dtype=torch.long),
+               mm_token_type_ids=(ids == image_token_id).to(torch.int32),
+               pixel_values=torch.as_tensor(np.asarray(batch["pixel_values"])),
+               image_grid_thw=torch.as_tensor(np.asarray(grid_thw), dtype=torch.long))
+    return {k: v.to(device) for k, v in out.items()} if device is not None else out

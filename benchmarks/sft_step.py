@@ -11,6 +11,7 @@ Prints one JSON line; tokens/s counts every input token of the batch.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -19,17 +20,16 @@ import numpy as np
 from benchmarks import common
 
 
-def _torch_step(model: Any, batch: dict[str, Any], grid_thw: Any, lr: float):
+def torch_step(model: Any, batch: dict[str, Any], grid_thw: Any, lr: float,
+               device: Any = None) -> Callable[[], float]:
+    """transformers' training step on `batch`: forward with labels (the same token-mean
+    cross-entropy over loss_mask targets), backward, grad clipping 1.0, AdamW. Returns the
+    loss, read back to the host (so each call ends synchronised)."""
     import torch
 
-    ids = torch.as_tensor(batch["input_ids"], dtype=torch.long)
-    labels = ids.masked_fill(torch.as_tensor(batch["loss_mask"]) == 0, -100)
-    inputs = dict(input_ids=ids,
-                  attention_mask=torch.as_tensor(batch["attention_mask"], dtype=torch.long),
-                  mm_token_type_ids=(ids == model.config.image_token_id).to(torch.int32),
-                  pixel_values=torch.as_tensor(batch["pixel_values"]),
-                  image_grid_thw=torch.as_tensor(np.asarray(grid_thw), dtype=torch.long),
-                  labels=labels)
+    inputs = common.hf_inputs(batch, grid_thw, model.config.image_token_id, device)
+    mask = torch.as_tensor(batch["loss_mask"], device=inputs["input_ids"].device)
+    inputs["labels"] = inputs["input_ids"].masked_fill(mask == 0, -100)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
 
@@ -40,7 +40,7 @@ def _torch_step(model: Any, batch: dict[str, Any], grid_thw: Any, lr: float):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        return float(loss)
+        return loss.item()
     return step
 
 
@@ -56,7 +56,8 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 5, vocab_size: i
 
     mesh = shd.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
     device_batch = shd.shard_batch(batch, mesh)
-    step, state, _ = common.sft_train_step(cfg, variables, device_batch, grid, mesh, lr=lr)
+    step, state, _ = common.train_step(cfg, variables, grid[0], mesh, sft_example=device_batch,
+                                       lr=lr)
     holder = {"state": state}
     losses = {}
 
@@ -68,7 +69,7 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 5, vocab_size: i
     losses["ours_first_loss"] = float(first["sft_loss"])
     ours_t = common.time_fn(ours, warmup=1, repeats=repeats, sync=common.block)
 
-    theirs_step = _torch_step(model, batch, grid, lr)
+    theirs_step = torch_step(model, batch, grid, lr)
     losses["transformers_first_loss"] = theirs_step()
     theirs_t = common.time_fn(theirs_step, warmup=1, repeats=repeats)
 

@@ -17,7 +17,6 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from skinr1_jax.knowledge.vocab import MALIGNANCY_CLASSES
 from skinr1_jax.taxonomy import UNKNOWN, Taxonomy
 from skinr1_jax.trajectories.templates import MALIGNANCY_WORDS
 
@@ -39,13 +38,14 @@ def _error(message: str, code: int = 1) -> int:
 
 
 def _block(text: str, tag: str) -> str | None:
-    m = re.search(rf"<{re.escape(tag)}>(.*?)(?:</{re.escape(tag)}>|$)", text, re.S | re.I)
+    """The text after `<tag>` up to the next tag (its closing one, normally) or the end."""
+    m = re.search(rf"<{re.escape(tag)}>([^<]*)", text, re.I)
     return m.group(1).strip() if m else None
 
 
 _STATED = re.compile(r"\bis\s+generally\s+(.+?)\s*\.?\s*$", re.S | re.I)
 # Longest first, so "non-neoplastic" is not read as a bare "neoplastic" word of another class.
-_WORDS = sorted({MALIGNANCY_WORDS[c] for c in MALIGNANCY_CLASSES}, key=len, reverse=True)
+_WORDS = sorted(set(MALIGNANCY_WORDS.values()), key=len, reverse=True)
 
 
 def stated_malignancy(diagnosis_block: str) -> str | None:
@@ -137,18 +137,14 @@ def command(config: ConfigDict, flags: Any) -> int:
     if not flags.checkpoint or not flags.image:
         return _error("diagnose needs --checkpoint DIR (a saved model: model_config.json, params/, "
                       "tokenizer/) and at least one --image FILE", 2)
-    from skinr1_jax.model.image_processing import ImageError
-    from skinr1_jax.model.saved import SavedModelError
     from skinr1_jax.taxonomy import load_default_taxonomy
     from skinr1_jax.train.checkpoint import CheckpointError
 
     try:
         results = diagnose(config, flags.checkpoint, list(flags.image))
-    except ImageError as e:
-        return _error(str(e))
-    except (SavedModelError, CheckpointError, OSError) as e:
-        return _error(f"--checkpoint {flags.checkpoint}: {e}")
-    except ValueError as e:  # e.g. a prompt longer than data.max_seq_len, a broken tokenizer
+    # ImageError and SavedModelError are ValueErrors naming their file or folder; another
+    # ValueError is e.g. a prompt longer than data.max_seq_len.
+    except (CheckpointError, OSError, ValueError) as e:
         return _error(str(e))
     taxonomy = load_default_taxonomy()
     tags = (config.generate.think_tag, config.generate.diagnosis_tag)

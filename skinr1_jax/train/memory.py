@@ -77,7 +77,8 @@ def abstract_mesh(mesh: Mesh | AbstractMesh | Mapping[str, int]) -> AbstractMesh
         raise ValueError(f"mesh sizes {dict(mesh)} lack axes {missing}")
     sizes = tuple(int(mesh[a]) for a in MESH_AXES)
     if any(s < 1 for s in sizes):
-        raise ValueError(f"mesh sizes {dict(mesh)}: every size must be >= 1 (no -1 without devices)")
+        raise ValueError(f"mesh sizes {dict(mesh)}: every size must be >= 1 "
+                         "(no -1 without devices)")
     return AbstractMesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
@@ -174,13 +175,15 @@ def format_table(rows: Sequence[tuple[str, MemoryEstimate]],
     return "\n".join(lines)
 
 
-# What-if settings for the CLI table: (label, ModelConfig overrides, collection dtypes).
+# What-if settings for the CLI table: (label, ModelConfig overrides, collection dtypes). The
+# LoRA values are the paper's (configs/skinr1_qwen2_5_vl_7b.py).
+_PAPER_LORA = LoraConfig(rank=64, alpha=32.0, dropout=0.1)
 SETTINGS: tuple[tuple[str, dict[str, Any], dict[str, str]], ...] = (
     ("LoRA r=64, bf16 base + bf16 adapters (recipe)",
-     dict(param_dtype="bfloat16", dtype="bfloat16", lora=LoraConfig(rank=64, alpha=32.0, dropout=0.1)),
+     dict(param_dtype="bfloat16", dtype="bfloat16", lora=_PAPER_LORA),
      {}),
     ("LoRA r=64, bf16 base + fp32 adapters (PEFT default)",
-     dict(param_dtype="bfloat16", dtype="bfloat16", lora=LoraConfig(rank=64, alpha=32.0, dropout=0.1)),
+     dict(param_dtype="bfloat16", dtype="bfloat16", lora=_PAPER_LORA),
      {"lora": "float32"}),
     ("full fine-tuning, fp32 master weights",
      dict(param_dtype="float32", dtype="bfloat16", lora=LoraConfig(rank=0)), {}),
@@ -191,15 +194,18 @@ DEVICES = {"TPU v4 32GB": 32e9, "H100 80GB": 80e9, "TPU v5p 95GB": 95e9}
 def _parse_mesh(text: str) -> dict[str, int]:
     parts = text.split(",")
     if len(parts) != len(MESH_AXES) or not all(p.strip().isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f"--mesh {text!r}: expected data,fsdp,tensor, e.g. 1,8,1")
+        raise argparse.ArgumentTypeError(
+            f"--mesh {text!r}: expected data,fsdp,tensor sizes, e.g. 1,8,1")
     return dict(zip(MESH_AXES, (int(p) for p in parts)))
 
 
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="qwen2_5_vl_7b", choices=("qwen2_5_vl_3b", "qwen2_5_vl_7b"))
+    parser.add_argument("--model", default="qwen2_5_vl_7b",
+                        choices=("qwen2_5_vl_3b", "qwen2_5_vl_7b"))
     parser.add_argument("--mesh", action="append", type=_parse_mesh,
-                        help="data,fsdp,tensor sizes (repeatable); default: 1,1,1 1,8,1 1,4,2 1,16,1 1,32,1")
+                        help="data,fsdp,tensor sizes (repeatable); "
+                             "default: 1,1,1 1,8,1 1,4,2 1,16,1 1,32,1")
     parser.add_argument("--grad-accum", type=int, default=16,
                         help="the recipe's SFT accumulation (16): adds a gradient accumulator")
     args = parser.parse_args(argv)
