@@ -57,6 +57,39 @@ def throughput(t: dict[str, Any], items: float, unit: str) -> dict[str, Any]:
             f"{unit}_per_s_max": items / t["min_s"], "noisy": t["noisy"], "timing": t}
 
 
+def time_torch(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 3,
+               give_up: float = 3.0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Time a torch workload with one intra-op thread and with torch's default count, and
+    return (the faster Timing, {"threads": chosen, "by_threads": {n: Timing | probe}}).
+
+    On a shared machine OpenMP threads that wait on a descheduled sibling can make the default
+    count many times slower; the baseline gets the better of the two. A count whose first call
+    is `give_up` times slower than the best median so far is not repeated (its probe is kept)."""
+    import torch
+
+    default = torch.get_num_threads()
+    by_threads: dict[int, dict[str, Any]] = {}
+    try:
+        for n in sorted({1, default}):
+            torch.set_num_threads(n)
+            if by_threads:
+                best = min(t["median_s"] for t in by_threads.values() if "median_s" in t)
+                start = time.perf_counter()
+                fn()
+                probe = time.perf_counter() - start
+                if probe > give_up * best:
+                    by_threads[n] = {"probe_s": probe, "skipped": f"first call > {give_up:g}x "
+                                     "the best median"}
+                    continue
+            by_threads[n] = time_fn(fn, warmup=warmup, repeats=repeats)
+    finally:
+        torch.set_num_threads(default)
+    timed = {n: t for n, t in by_threads.items() if "median_s" in t}
+    best_n = min(timed, key=lambda n: timed[n]["median_s"])
+    return timed[best_n], {"threads": best_n, "default_threads": default,
+                           "by_threads": {str(n): t for n, t in by_threads.items()}}
+
+
 def block(tree: Any) -> Any:
     """Wait for every jax array in `tree` (no-op for host values)."""
     import jax

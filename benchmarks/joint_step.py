@@ -99,10 +99,8 @@ def run(prompts: int = 4, generations: int = 4, new_tokens: int = 32, sft_batch_
     ref_vars = jax.device_put(variables, var_sh)
 
     holder = {"state": state}
-    times: dict[str, list[float]] = {p: [] for p in PHASES}
-    first: dict[str, float] = {}
 
-    def iteration(i: int, record: dict[str, list[float]] | None) -> dict[str, Any]:
+    def iteration(i: int) -> tuple[dict[str, float], dict[str, Any]]:
         clock = {}
         t0 = time.perf_counter()
         out = sampling(i)                                   # numpy: finished
@@ -122,13 +120,14 @@ def run(prompts: int = 4, generations: int = 4, new_tokens: int = 32, sft_batch_
         holder["state"], metrics = step(holder["state"], sft_dev, dev)
         metrics = common.block(metrics)
         clock["update"] = time.perf_counter() - t0
-        for p in PHASES:
-            (record[p].append(clock[p]) if record is not None else first.__setitem__(p, clock[p]))
-        return metrics
+        return clock, metrics
 
-    iteration(0, None)                                      # compiles everything
+    first, _ = iteration(0)                                 # compiles everything
+    times: dict[str, list[float]] = {p: [] for p in PHASES}
     for i in range(repeats):
-        metrics = iteration(i + 1, times)
+        clock, metrics = iteration(i + 1)
+        for p in PHASES:
+            times[p].append(clock[p])
 
     phases = {p: common.timing(times[p]) for p in PHASES}
     total = sum(phases[p]["median_s"] for p in PHASES)

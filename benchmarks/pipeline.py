@@ -4,18 +4,19 @@ image size, pixel budget and sequence length.
 
     python -m benchmarks.pipeline [--examples 256] [--batch-size 16]
 
-Prints one JSON line. The default run consumes sft.steps * sft.batch_size SFT examples and
+Each rate is the median (min / max) over `--repeats` fresh iterators. Prints one JSON line.
+The default run consumes sft.steps * sft.batch_size SFT examples and
 rl.steps * rl.batch_size prompts; the line reports those needs next to the measured rates.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 
+from benchmarks import common
 from configs.default import get_config
 from skinr1_jax.data import pipeline, prompts, tasks
 from skinr1_jax.model import tiny_config
@@ -34,16 +35,17 @@ def _toy_taxonomy() -> Taxonomy:
     return Taxonomy(specs)
 
 
-def _rate(n: int, fn) -> float:
+def _seconds(fn) -> float:
     start = time.perf_counter()
     fn()
-    return n / (time.perf_counter() - start)
+    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     cfg = get_config()
     d = cfg.data
@@ -70,12 +72,15 @@ def main(argv: list[str] | None = None) -> dict:
         return pipeline.encode_question(tok, q, by_id[q.example_id]["image"], model_cfg, **pixels)
 
     def run(items, encode, collate):
-        it = pipeline.BatchIterator(items, args.batch_size, seed=0, encode_fn=encode,
-                                    collate_fn=collate, num_epochs=2)
-        steps = it.steps_per_epoch
-        cold = _rate(len(items), lambda: [next(it) for _ in range(steps)])
-        warm = _rate(len(items), lambda: [next(it) for _ in range(steps)])
-        return cold, warm
+        cold, warm = [], []
+        for _ in range(args.repeats):
+            it = pipeline.BatchIterator(items, args.batch_size, seed=0, encode_fn=encode,
+                                        collate_fn=collate, num_epochs=2)
+            steps = it.steps_per_epoch
+            cold.append(_seconds(lambda: [next(it) for _ in range(steps)]))
+            warm.append(_seconds(lambda: [next(it) for _ in range(steps)]))
+        return (common.throughput(common.timing(cold), len(items), "examples"),
+                common.throughput(common.timing(warm), len(items), "examples"))
 
     bs = args.batch_size
     sft_cold, sft_warm = run(examples, sft_encode,
@@ -85,13 +90,11 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "benchmark": "pipeline", "examples": args.examples, "batch_size": bs, "image_size": d.image_size,
         "seq_len": d.max_seq_len,
-        "sft_examples_per_s_cold": round(sft_cold, 1), "sft_examples_per_s_warm": round(sft_warm, 1),
-        "rl_prompts_per_s_cold": round(rl_cold, 1), "rl_prompts_per_s_warm": round(rl_warm, 1),
+        "sft_cold": sft_cold, "sft_warm": sft_warm, "rl_cold": rl_cold, "rl_warm": rl_warm,
         "default_run_sft_examples": cfg.sft.steps * cfg.sft.batch_size,
         "default_run_rl_prompts": cfg.rl.steps * cfg.rl.batch_size,
     }
-    print(json.dumps(result))
-    return result
+    return common.emit(result)
 
 
 if __name__ == "__main__":

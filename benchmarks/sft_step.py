@@ -46,8 +46,6 @@ def torch_step(model: Any, batch: dict[str, Any], grid_thw: Any, lr: float,
 
 def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 5, vocab_size: int = 2048,
         lr: float = 1e-4) -> dict[str, Any]:
-    import torch
-
     from skinr1_jax.train import sharding as shd
 
     cfg, variables, model = common.tiny_model_pair(vocab_size)
@@ -71,7 +69,7 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 5, vocab_size: i
 
     theirs_step = torch_step(model, batch, grid, lr)
     losses["transformers_first_loss"] = theirs_step()
-    theirs_t = common.time_fn(theirs_step, warmup=1, repeats=repeats)
+    theirs_t, threads = common.time_torch(theirs_step, warmup=1, repeats=repeats)
 
     ours_r = common.throughput(ours_t, tokens, "tokens")
     theirs_r = common.throughput(theirs_t, tokens, "tokens")
@@ -81,7 +79,7 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 5, vocab_size: i
         "params": int(sum(x.size for x in jax.tree.leaves(variables))),
         "ours": ours_r, "transformers": theirs_r,
         "speedup": ours_r["tokens_per_s"] / theirs_r["tokens_per_s"],
-        **losses, "torch_threads": torch.get_num_threads(),
+        **losses, "torch_threads": threads,
         "transformers_attn": model.config._attn_implementation,
         "jax_backend": jax.default_backend(),
     }

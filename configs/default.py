@@ -69,10 +69,10 @@ def get_config() -> ConfigDict:
     ))
 
     c.sft = ConfigDict(dict(
-        steps=300,
+        steps=800,
         batch_size=16,
         grad_accum=1,
-        learning_rate=1e-3,
+        learning_rate=2e-3,
         warmup_ratio=0.03,
         weight_decay=0.0,
         grad_clip=1.0,
@@ -85,7 +85,7 @@ def get_config() -> ConfigDict:
         temperature=1.0,
         top_k=0,
         top_p=1.0,
-        max_new_tokens=96,
+        max_new_tokens=160,     # the longest SFT answers are ~150 tokens
         learning_rate=2e-4,
         warmup_ratio=0.03,
         beta=0.04,              # KL weight; 0 skips the reference forward
@@ -94,9 +94,9 @@ def get_config() -> ConfigDict:
         clip_high=0.2,          # DAPO uses a larger high clip, e.g. 0.28
         scale_std=True,         # False = Dr. GRPO (no std division)
         loss_agg="seq_mean",    # seq_mean (paper) | token_mean
-        lambda_sft=0.0,         # joint objective: lambda_sft * SFT + lambda_rl * GRPO
+        lambda_sft=0.1,         # joint objective: lambda_sft * SFT + lambda_rl * GRPO
         lambda_rl=1.0,
-        task="mcq",             # mcq (paper) | open (taxonomy-distance reward) | mixed
+        task="mixed",           # mcq (paper) | open (taxonomy-distance reward) | mixed
         init_from="sft",        # sft | base (the paper's "RL without SFT" ablation)
         init_sft_step=0,        # SFT checkpoint step RL starts from; 0 = the final one
         reward=ConfigDict(dict(
@@ -112,9 +112,9 @@ def get_config() -> ConfigDict:
     c.eval = ConfigDict(dict(
         models=("base", "sft", "sft_rl"),
         sets=("indomain", "b_or_m", "hierarchical", "ddx", "ood", "open", "ood_open"),
-        max_new_tokens=96,
+        max_new_tokens=192,
         batch_size=32,
-        max_examples=0,         # 0 = the whole split
+        max_examples=96,        # per question set, evenly spaced over the split; 0 = all
     ))
 
     c.checkpoint = ConfigDict(dict(every_steps=100, keep=2, best_metric="", async_save=True))

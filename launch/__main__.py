@@ -2,7 +2,7 @@
 
 Without COMMAND, runs the stages generate -> sft -> rl -> eval -> export (or the ones named by
 --stages) in that order. Commands: convert (Hugging Face -> orbax), diagnose (a checkpoint on
-image files), eval (a checkpoint on any dataset split).
+image files), eval (a checkpoint on any dataset split), ablate (configs/ablations.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ml_collections import config_flags
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = "configs/default.py"
-COMMANDS = ("convert", "diagnose", "eval")
+COMMANDS = ("convert", "diagnose", "eval", "ablate")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "ml_collections config file.")
@@ -46,8 +46,13 @@ def _parse(argv: list[str]) -> list[str]:
     except flags.Error as e:  # unknown key, wrong type, missing or broken config file
         _fail(str(e).splitlines()[0])
     except (KeyError, AttributeError) as e:  # how ml_collections reports an unknown override key
-        key = str(e).strip("'\"")
-        _fail(f"unknown config key '{key}' in the command-line overrides")
+        text = str(e.args[0] if e.args else e).replace("\\n", "\n")
+        lines = [ln.strip().strip("'\"") for ln in text.splitlines() if ln.strip()]
+        key = lines[0].strip("\\'\"")
+        given = [a.split("=")[0][2:] for a in argv[1:] if a.startswith("--config.")]
+        dotted = next((g[len("config."):] for g in given if g.endswith("." + key)), key)
+        hint = f" ({lines[1]})" if len(lines) > 1 else ""
+        _fail(f"unknown config key '{dotted}' in the command-line overrides{hint}")
     except Exception as e:  # the config file itself failed: name it and the reason
         _fail(f"cannot load config: {type(e).__name__}: {str(e).splitlines()[0]}")
     raise AssertionError("unreachable")
@@ -107,6 +112,9 @@ def main(argv: list[str]) -> int:
         module = importlib.import_module(f"skinr1_jax.stages.{command}")
         return int(module.command(config, FLAGS) or 0)
 
+    from skinr1_jax.train.distributed import maybe_initialize_distributed
+
+    maybe_initialize_distributed()  # no-op on one host; pods and SLURM jobs join here
     workdir = _setup_workdir(config)
     for stage in _stages(FLAGS.stages):
         module = importlib.import_module(f"skinr1_jax.stages.{stage}")

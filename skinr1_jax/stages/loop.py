@@ -84,7 +84,10 @@ def train(stage: str, config: ConfigDict, workdir: Path, *, model_cfg: Any, vari
         state, start = restored.state, restored.step
         source.restore(restored.data_state)
         print(f"[{stage}] resumed from step {start} ({manager.directory})")
-    writer = tlog.MetricsWriter(workdir, stage, tensorboard=bool(config.log.tensorboard))
+    from skinr1_jax.train.distributed import is_main_process
+
+    writer = tlog.MetricsWriter(workdir, stage, tensorboard=bool(config.log.tensorboard),
+                                is_main_process=is_main_process())
     bar = tlog.ProgressBar(steps, stage, initial=start)
     t0 = time.time()
     metrics: dict[str, float] = {}

@@ -25,9 +25,14 @@ class SFTSource:
         trajectories = common.read_jsonl(workdir / "trajectories.jsonl")
         self.items = build_sft_items(trajectories, dense, taxonomy, kb.ddx_graph(),
                                      config.generate, config.generate.question_share, config.seed)
-        seq_len, pad, bs = int(config.data.max_seq_len), tokenizer.pad_id, int(config.sft.batch_size)
+        from skinr1_jax.train.distributed import data_shard, per_process_batch
+
+        # Each process reads its own shard and loads its slice of the global batch.
+        shard, shards = data_shard()
+        seq_len, pad = int(config.data.max_seq_len), tokenizer.pad_id
+        bs = per_process_batch(int(config.sft.batch_size))
         self.iterator = BatchIterator(
-            self.items, bs, config.seed + seed_offset,
+            self.items, bs, config.seed + seed_offset, shard_index=shard, shard_count=shards,
             encode_fn=lambda it: enc.sft(it["prompt"], it["response"], images[it["example_id"]],
                                          it["example_id"]),
             collate_fn=lambda rows: collate_sft(rows, seq_len, pad, batch_size=bs))

@@ -1,0 +1,235 @@
+"""Run the benchmarks and write benchmarks/results.json and benchmarks/results.md.
+
+    python -m benchmarks [--only sft_step,decode,...] [--out-dir benchmarks]
+
+Each benchmark runs in its own process (fresh peak RSS; the scaling run needs fake devices set
+before jax starts) and prints one JSON line, collected here with the machine's description.
+`--only` reruns a subset and keeps the other benchmarks' last figures in results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common
+
+ROOT = Path(__file__).resolve().parent.parent
+# name -> command-line arguments of `python -m benchmarks.<name>`
+BENCHMARKS: dict[str, list[str]] = {
+    "sft_step": ["--repeats", "7"],
+    "decode": ["--repeats", "5"],
+    "joint_step": ["--repeats", "3"],
+    "scaling": ["--repeats", "5"],
+    "pipeline": ["--repeats", "3"],
+    "gpu": ["--repeats", "3"],
+}
+TARGETS = {"sft_step": 2.0, "decode": 5.0}
+
+
+def run_one(name: str) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+        "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TQDM_DISABLE": "1"}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *BENCHMARKS[name]],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    lines = proc.stdout.strip().splitlines()
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        result = {"benchmark": name,
+                  "error": f"exit {proc.returncode}: {proc.stderr.strip()[-3000:]}"}
+    result["wall_s"] = wall
+    result["date"] = common.machine_info()["date"]
+    return result
+
+
+def speedups(benchmarks: dict[str, Any]) -> dict[str, float | None]:
+    return {f"{name}_speedup": benchmarks.get(name, {}).get("speedup")
+            for name in ("sft_step", "decode")}
+
+
+# ---- Markdown ------------------------------------------------------------------------------
+
+def _num(x: float) -> str:
+    if x >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.3g}"
+
+
+def _rate(r: dict[str, Any], unit: str) -> str:
+    text = (f"{_num(r[f'{unit}_per_s'])} ({_num(r[f'{unit}_per_s_min'])}–"
+            f"{_num(r[f'{unit}_per_s_max'])})")
+    return text + (" ⚠ noisy" if r["noisy"] else "")
+
+
+def _secs(t: dict[str, Any]) -> str:
+    ms = lambda s: f"{s * 1e3:,.1f}"
+    return (f"{ms(t['median_s'])} ({ms(t['min_s'])}–{ms(t['max_s'])})"
+            + (" ⚠ noisy" if t["noisy"] else ""))
+
+
+def _mib(b: float) -> str:
+    return f"{b / 2**20:,.2f} MiB"
+
+
+def _threads(r: dict[str, Any]) -> str:
+    t = r.get("torch_threads")
+    return f" [torch {t['threads']} thread{'s' if t['threads'] > 1 else ''}]" if isinstance(t, dict) else ""
+
+
+def _side_by_side(b: dict[str, Any]) -> list[str]:
+    rows = ["| benchmark | unit | ours | transformers | ratio (ours / transformers) | target |",
+            "|---|---|---|---|---|---|"]
+    s = b.get("sft_step")
+    if s and "ours" in s:
+        rows.append(f"| SFT step: forward + backward + AdamW, tiny Qwen2.5-VL ({s['params']:,} "
+                    f"params), batch {s['batch_size']} x {s['seq_len']} tokens, one "
+                    f"{s['image_grid_thw'][1] * 8}-px image per row | tokens/s | "
+                    f"{_rate(s['ours'], 'tokens')} | {_rate(s['transformers'], 'tokens')}{_threads(s)} | "
+                    f"**{s['speedup']:.2f}x** | >= {TARGETS['sft_step']:g}x "
+                    f"{'met' if s['speedup'] >= TARGETS['sft_step'] else 'not met'} |")
+    d = b.get("decode")
+    if d and "ours" in d:
+        rows.append(f"| Decode (rollouts): greedy, batch {d['batch_size']}, prompt "
+                    f"{d['prompt_len']} tokens incl. image, {d['new_tokens']} new tokens | "
+                    f"tokens/s | {_rate(d['ours'], 'tokens')} | "
+                    f"{_rate(d['transformers'], 'tokens')}{_threads(d)} | **{d['speedup']:.2f}x** | "
+                    f">= {TARGETS['decode']:g}x "
+                    f"{'met' if d['speedup'] >= TARGETS['decode'] else 'not met'} |")
+    return rows
+
+
+def _joint(j: dict[str, Any]) -> list[str]:
+    rows = [f"Joint SFT + RL iteration (ours): {j['prompts']} prompts x {j['generations']} "
+            f"generations x {j['new_tokens']} new tokens (RL rows {j['rl_seq_len']} tokens), "
+            f"SFT batch {j['sft_batch_size']} x {j['sft_seq_len']}; one iteration "
+            f"{j['iteration_s'] * 1e3:,.0f} ms, peak RSS {_mib(j['peak_rss_bytes'])}.", "",
+            "| phase | ms, median (min–max) | share |", "|---|---|---|"]
+    for p, t in j["phases"].items():
+        rows.append(f"| {p.replace('_', ' ')} | {_secs(t)} | {j['share'][p]:.1%} |")
+    rows += ["", "| jitted function | compile time, s (first call − steady call) |", "|---|---|"]
+    rows += [f"| {k.replace('_', ' ')} | {v:.1f} |" for k, v in j["compile_s"].items()]
+    return rows
+
+
+def _scaling(sc: dict[str, Any]) -> list[str]:
+    rows = [f"SFT step of the tiny model, batch {sc['batch_size']} x {sc['seq_len']}, on fake CPU "
+            f"devices sharing this machine's cores (times show partitioning overhead, not "
+            f"speed-up); parameters total {_mib(sc['param_bytes_total'])}.", "",
+            "| mesh (data, fsdp, tensor) | devices | step ms, median (min–max) | compile s | "
+            "params / device | optimizer state / device | params / device vs 1 device |",
+            "|---|---|---|---|---|---|---|"]
+    base = sc["meshes"][0]["param_bytes_per_device"]
+    for m in sc["meshes"]:
+        shape = tuple(m["mesh"].values())
+        rows.append(f"| {shape} | {m['devices']} | {_secs(m['step']['timing'])} | "
+                    f"{m['compile_s']:.1f} | {_mib(m['param_bytes_per_device'])} | "
+                    f"{_mib(m['opt_state_bytes_per_device'])} | "
+                    f"{m['param_bytes_per_device'] / base:.3f} |")
+    return rows
+
+
+def _pipeline(p: dict[str, Any]) -> list[str]:
+    rows = [f"Input pipeline (host), {p['examples']} examples, batch {p['batch_size']}, "
+            f"{p['image_size']}-px images, sequence length {p['seq_len']}:", "",
+            "| batches | cold examples/s (min–max) | warm (cached) examples/s (min–max) |",
+            "|---|---|---|"]
+    for kind, label in (("sft", "SFT"), ("rl", "RL prompts")):
+        rows.append(f"| {label} | {_rate(p[f'{kind}_cold'], 'examples')} | "
+                    f"{_rate(p[f'{kind}_warm'], 'examples')} |")
+    return rows
+
+
+def _gpu(g: dict[str, Any]) -> list[str]:
+    if "skipped" in g:
+        return [f"GPU: skipped ({g['skipped']})."]
+    rows = [f"GPU: **{g['gpu']}**, {g['model']}.", "",
+            "| benchmark | ours tokens/s | transformers tokens/s | ratio | ours MFU | "
+            "transformers MFU |", "|---|---|---|---|---|---|"]
+    parts = g["parts"]
+    o, t = parts["ours_sft"], parts["torch_sft"]
+    if "tokens_per_s" in o:
+        mfu = lambda r: f"{r['mfu']:.1%}" if "mfu" in r else "–"
+        ratio = f"{g['sft_step_speedup']:.2f}x" if "sft_step_speedup" in g else "–"
+        rows.append(f"| SFT step, batch {o['batch_size']} x {o['seq_len']} | "
+                    f"{_rate(o, 'tokens')} | {_rate(t, 'tokens') if 'tokens_per_s' in t else '–'}"
+                    f" | {ratio} | {mfu(o)} | {mfu(t)} |")
+    for key, ratio in g.get("decode_speedup", {}).items():
+        rows.append(f"| decode, {key.replace('_', ' ')} | "
+                    f"{_rate(parts['ours_decode'][key], 'tokens')} | "
+                    f"{_rate(parts['torch_decode'][key], 'tokens')} | {ratio:.2f}x | | |")
+    errors = [f"{k}: {v['error'][-300:]}" for k, v in parts.items() if "error" in v]
+    return rows + ([""] + [f"- error in {e}" for e in errors] if errors else [])
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m, b = results["machine"], results["benchmarks"]
+    load = lambda v: ", ".join(f"{x:.2f}" for x in v)
+    out = ["# Benchmarks", "",
+           f"Measured {m['date']} on {m['cpu_model']} ({m['cpu_cores']} cores), "
+           f"{m['platform']}; Python {m['python']}, jax {m['jax']}, flax {m['flax']}, "
+           f"torch {m['torch']}, transformers {m['transformers']}. Load average (1, 5, 15 min) "
+           f"{load(m['load_avg_1_5_15'])} at the start, {load(results['load_avg_end'])} at the "
+           f"end (the CPU is shared: ⚠ noisy marks figures whose max − min exceeds "
+           f"{common.NOISY_SPREAD:.0%} of the median). Figures: median (min–max) after warm-up; "
+           f"ratio = ours / transformers medians. Regenerate with `python -m benchmarks`.", ""]
+    out += _side_by_side(b) + [""]
+    for name, title, render in (("joint_step", "Joint SFT + RL step", _joint),
+                                ("scaling", "Scaling on a device mesh", _scaling),
+                                ("pipeline", "Input pipeline", _pipeline),
+                                ("gpu", "GPU", _gpu)):
+        if name not in b:
+            continue
+        out += [f"## {title}", ""]
+        out += ([f"failed: `{b[name]['error'][-500:]}`"] if "error" in b[name]
+                else render(b[name])) + [""]
+    errors = [n for n in ("sft_step", "decode") if "error" in b.get(n, {})]
+    out += [f"{n} failed: `{b[n]['error'][-500:]}`" for n in errors]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated subset of "
+                        + ",".join(BENCHMARKS))
+    parser.add_argument("--out-dir", default=str(Path(__file__).resolve().parent))
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"--only: unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    out_dir = Path(args.out_dir)
+    json_path = out_dir / "results.json"
+    previous = json.loads(json_path.read_text()).get("benchmarks", {}) if (
+        args.only and json_path.exists()) else {}
+    machine = common.machine_info()
+    results = {}
+    for name in names:
+        print(f"[benchmarks] {name} ...", file=sys.stderr, flush=True)
+        results[name] = run_one(name)
+        status = "FAILED" if "error" in results[name] else "ok"
+        print(f"[benchmarks] {name} {status} in {results[name]['wall_s']:.1f} s", file=sys.stderr,
+              flush=True)
+    benchmarks = {**previous, **results}
+    out = {"machine": machine, "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+           "command": "python -m benchmarks" + (f" --only {args.only}" if args.only else ""),
+           **speedups(benchmarks), "benchmarks": benchmarks}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(out, indent=1) + "\n")
+    (out_dir / "results.md").write_text(markdown(out))
+    print((out_dir / "results.md").read_text())
+    return out
+
+
+if __name__ == "__main__":
+    main()

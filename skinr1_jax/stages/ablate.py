@@ -1,0 +1,81 @@
+"""`python -m launch ablate --config configs/ablations.py`: every (variant, seed) of
+`config.ablation` runs the whole pipeline in its own workdir (a subprocess each, so runs share
+nothing but the files), then the means over seeds with 95% t-intervals go to
+<workdir>/ablations.json and ablations.md."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ml_collections import ConfigDict
+
+from skinr1_jax.stages import common
+
+METRICS = ("mcq_indomain", "mcq_b_or_m", "mcq_hierarchical", "mcq_ddx", "ood", "acc_level1",
+           "acc_level2", "acc_leaf", "mean_taxonomy_reward", "format_rate")
+# Two-sided 95% Student-t quantiles by degrees of freedom (no scipy dependency).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+       9: 2.262, 10: 2.228}
+
+
+def override_flags(overrides: dict[str, Any]) -> list[str]:
+    return [f"--config.{k}={v!r}" if isinstance(v, (tuple, list, str)) else f"--config.{k}={v}"
+            for k, v in overrides.items()]
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width of the 95% t-interval); half-width nan for a single value."""
+    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], np.float64)
+    if arr.size == 0:
+        return float("nan"), float("nan")
+    if arr.size == 1:
+        return float(arr[0]), float("nan")
+    half = T95.get(arr.size - 1, 1.96) * arr.std(ddof=1) / math.sqrt(arr.size)
+    return float(arr.mean()), float(half)
+
+
+def command(config: ConfigDict, flags: Any) -> int:
+    if "ablation" not in config:
+        raise SystemExit("error: ablate needs a config with an `ablation` section "
+                         "(configs/ablations.py)")
+    root = Path(config.workdir)
+    from ml_collections import config_flags
+
+    config_file = config_flags.get_config_filename(flags["config"])
+    runs: dict[str, list[dict]] = {}
+    for variant, overrides in config.ablation.variants.items():
+        runs[variant] = []
+        for seed in config.ablation.seeds:
+            workdir = root / variant / f"seed{seed}"
+            results = workdir / "results.json"
+            if not results.exists():
+                cmd = [sys.executable, "-m", "launch", "--config", config_file,
+                       f"--config.workdir={workdir}", f"--config.seed={seed}",
+                       *override_flags(dict(overrides))]
+                print(f"[ablate] {variant} seed {seed}: {' '.join(cmd[3:])}", flush=True)
+                subprocess.run(cmd, check=True)
+            model = json.loads(results.read_text())
+            runs[variant].append(model[list(model)[-1]])
+    table = {v: {m: mean_ci([r.get(m) for r in rs]) for m in METRICS} for v, rs in runs.items()}
+    common.write_json(root / "ablations.json", {"seeds": list(config.ablation.seeds),
+                                                 "runs": runs, "mean_ci95": table})
+    md = ablation_markdown(table, len(config.ablation.seeds))
+    common.write_atomic(root / "ablations.md", md)
+    print(md)
+    return 0
+
+
+def ablation_markdown(table: dict[str, dict[str, tuple[float, float]]], seeds: int) -> str:
+    lines = [f"Mean over {seeds} seeds ± half-width of the 95% t-interval.", "",
+             "| variant | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    for variant, row in table.items():
+        cells = [f"{m:.3f} ± {h:.3f}" if not math.isnan(h) else f"{m:.3f}"
+                 for m, h in (row[k] for k in METRICS)]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
