@@ -75,8 +75,6 @@ def _torch_model(cfg: Any, device: Any) -> Any:
 
 def run_part(part: str, dry_run: bool, repeats: int) -> dict[str, Any]:
     """One part in this process: a framework, a workload."""
-    import numpy as np
-
     from skinr1_jax.model.convert import random_batch
 
     cfg, sh = model_config(dry_run), shapes(dry_run)

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import numpy as np
 
 from benchmarks import common
 

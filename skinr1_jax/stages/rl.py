@@ -66,8 +66,9 @@ class RolloutSource:
 
     def example_batch(self) -> dict:
         """A batch of the right structure for the step's input shardings (no sampling)."""
+        state = self.iterator.get_state()
         prompts = next(self.iterator)
-        self.iterator.restore({"epoch": 0, "position": 0})
+        self.iterator.restore(state)
         g, t = int(self.config.rl.num_generations), int(self.config.rl.max_new_tokens)
         rows = prompts["input_ids"].shape[0] * g
         fake = np.full((rows, t), self.tokenizer.pad_id, np.int32)
@@ -94,7 +95,6 @@ class RolloutSource:
     def _assemble(self, prompts: Mapping[str, Any], tokens: np.ndarray, lengths: np.ndarray,
                   texts: list[str]) -> dict:
         from skinr1_jax.eval.evaluate import answer_node
-        from skinr1_jax.model.rope import get_rope_index  # noqa: F401  (positions documented there)
         from skinr1_jax.train.grpo import assign_group_ids
 
         g = int(self.config.rl.num_generations)
@@ -192,20 +192,16 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     var_shardings = sharding.param_shardings(abstract_variables(model_cfg), mesh)
     step_cfg = StepConfig.from_config(config, "rl")
     sft_source = SFTSource(config, workdir, enc, tokenizer, seed_offset=1) if step_cfg.sft else None
-    grid = None
-    logprob_fn = None
-    if float(config.rl.beta) != 0:
-        # The frozen reference is the starting policy (the SFT model), as in the paper.
-        ref_variables = jax.device_put(policy, var_shardings)
-    else:
-        ref_variables = None
+    # The frozen reference is the starting policy (the SFT model), as in the paper; beta = 0
+    # skips it and its forward pass.
+    ref_variables = (jax.device_put(policy, var_shardings) if float(config.rl.beta) != 0
+                     else None)
     source = RolloutSource(config, workdir, model_cfg=model_cfg, tokenizer=tokenizer, enc=enc,
                            ref_variables=ref_variables, logprob_fn=None, sft_source=sft_source)
     grid = source.grid
     if ref_variables is not None:
-        logprob_fn = make_logprob_fn(apply_fn_for(model_cfg, grid), float(config.rl.temperature),
-                                     mesh, var_shardings)
-        source.logprob_fn = logprob_fn
+        source.logprob_fn = make_logprob_fn(apply_fn_for(model_cfg, grid),
+                                            float(config.rl.temperature), mesh, var_shardings)
     credit = None
     if config.rl.task != "mcq":
         taxonomy, _ = common.taxonomy_and_kb()
@@ -215,10 +211,7 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     print(f"[rl] {len(source.questions)} questions ({config.rl.task}), {config.rl.steps} steps "
           f"x {config.rl.batch_size} prompts x G={config.rl.num_generations}, prompt length "
           f"{source.prompt_len}, up to {config.rl.max_new_tokens} new tokens")
-    sft_example = None
-    if sft_source is not None:
-        sft_example = sft_source.next()
-        sft_source.iterator.restore({"epoch": 0, "position": 0})
+    sft_example = sft_source.example() if sft_source is not None else None
     result = train("rl", config, workdir, model_cfg=model_cfg, variables=policy, grid=grid,
                    source=source, step_cfg=step_cfg, steps=int(config.rl.steps),
                    learning_rate=float(config.rl.learning_rate),

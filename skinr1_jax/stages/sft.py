@@ -40,6 +40,13 @@ class SFTSource:
                                               self.items[0]["example_id"]))
         self.truncated = 0
 
+    def example(self) -> dict:
+        """The first batch, without advancing: fixes the step's input structure."""
+        state = self.iterator.get_state()
+        batch = self.next()
+        self.iterator.restore(state)
+        return batch
+
     def next(self) -> dict:
         batch = next(self.iterator)
         self.truncated += int(batch.get("num_truncated", 0))
@@ -72,8 +79,7 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     source = SFTSource(config, workdir, enc, tokenizer)
     print(f"[sft] {len(source.items)} items ({len(source.items) / config.sft.batch_size:.0f} "
           f"steps per epoch), {config.sft.steps} steps of {config.sft.batch_size}")
-    example = source.next()
-    source.iterator.restore({"epoch": 0, "position": 0})
+    example = source.example()
     result = train("sft", config, workdir, model_cfg=model_cfg, variables=variables,
                    grid=source.grid, source=source, step_cfg=StepConfig.from_config(config, "sft"),
                    steps=int(config.sft.steps), learning_rate=float(config.sft.learning_rate),

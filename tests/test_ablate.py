@@ -1,0 +1,40 @@
+"""The ablation command's arithmetic and override flags."""
+
+import math
+
+import numpy as np
+import pytest
+
+from skinr1_jax.stages.ablate import ablation_markdown, mean_ci, override_flags
+
+
+def test_mean_ci_matches_the_t_interval_formula():
+    values = [0.2, 0.4, 0.9]
+    mean, half = mean_ci(values)
+    sd = np.std(values, ddof=1)
+    assert mean == pytest.approx(0.5)
+    assert half == pytest.approx(4.303 * sd / math.sqrt(3))
+
+
+def test_mean_ci_single_value_and_nan_are_handled():
+    assert mean_ci([0.3])[0] == 0.3 and math.isnan(mean_ci([0.3])[1])
+    assert mean_ci([0.3, float("nan"), 0.5])[0] == pytest.approx(0.4)
+    assert all(math.isnan(x) for x in mean_ci([]))
+
+
+def test_override_flags_render_literals_for_tuples_and_strings():
+    flags = override_flags({"rl.steps": 0, "rl.init_from": "base", "generate.types": ("basic",)})
+    assert flags == ["--config.rl.steps=0", "--config.rl.init_from='base'",
+                     "--config.generate.types=('basic',)"]
+
+
+def test_markdown_has_one_row_per_variant():
+    from skinr1_jax.stages.ablate import METRICS
+
+    table = {"full": {m: (0.5, 0.1) for m in METRICS},
+             "sft_only": {m: (0.25, float("nan")) for m in METRICS}}
+    md = ablation_markdown(table, 3).splitlines()
+    rows = [l for l in md if l.startswith("| full") or l.startswith("| sft_only")]
+    assert len(rows) == 2
+    assert rows[0].count("0.500 ± 0.100") == len(METRICS)
+    assert "±" not in rows[1] and rows[1].count("0.250") == len(METRICS)
