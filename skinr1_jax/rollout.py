@@ -62,13 +62,19 @@ def batches(encoded: Sequence[dict[str, Any]], batch_size: int, pad_id: int,
                                        pad_id, batch_size=batch_size)
 
 
+def vision_ids(model_cfg: Any) -> tuple[int, ...]:
+    """Placeholder tokens a completion must never contain."""
+    return (model_cfg.image_token_id, model_cfg.video_token_id, model_cfg.vision_start_token_id,
+            model_cfg.vision_end_token_id)
+
+
 def sample_batch(model_cfg: Any, variables: Any, tokenizer: Any, batch: Mapping[str, Any], *,
                  num_samples: int, temperature: float, max_new_tokens: int, rng: jax.Array,
                  top_k: int = 0, top_p: float = 1.0) -> Rollout:
     out = sampler.sample(model_cfg, variables, batch, num_samples=num_samples,
                          temperature=temperature, top_k=top_k, top_p=top_p,
                          max_new_tokens=max_new_tokens, eos_ids=tokenizer.eos_ids, rng=rng,
-                         pad_id=tokenizer.pad_id)
+                         pad_id=tokenizer.pad_id, suppress_ids=vision_ids(model_cfg))
     texts = [tokenizer.decode(row[:n].tolist(), skip_special_tokens=True)
              for row, n in zip(out.tokens, out.lengths)]
     return Rollout(dict(batch), out.tokens, out.logprobs, out.lengths, texts, num_samples)

@@ -13,6 +13,7 @@ from scipy import stats
 from skinr1_jax.model import forward, get_rope_index, init_variables, tiny_config, unbox
 from skinr1_jax.model.sampler import choose_tokens, filter_logits, sample, trace_count
 from skinr1_jax.model.tokenizer import build_embedded_tokenizer
+from skinr1_jax.rollout import vision_ids
 
 GRID = ((1, 4, 4),)
 
@@ -67,7 +68,13 @@ def _full_forward(cfg, variables, batch, completions):
     ids = np.concatenate([batch["input_ids"], completions], axis=1)
     mask = np.concatenate([batch["attention_mask"], np.ones_like(completions)], axis=1)
     grid = batch.get("grid_thw")
-    pos, _ = get_rope_index(cfg, ids, mask, grid)
+    # Completion positions continue from each row's largest prompt position on all three
+    # axes (get_rope_index cannot be used: a random model may emit an image-pad id).
+    prompt_pos, _ = get_rope_index(cfg, batch["input_ids"], batch["attention_mask"], grid)
+    steps = np.arange(completions.shape[1])[None, None, :]
+    cont = np.broadcast_to(prompt_pos.max(axis=(0, 2))[None, :, None] + 1 + steps,
+                           (3, ids.shape[0], completions.shape[1]))
+    pos = np.concatenate([prompt_pos, cont], axis=2)
     full = {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
     if grid:
         full["pixel_values"] = batch["pixel_values"]
@@ -89,7 +96,7 @@ def std_batch(model, tok):
 def greedy_out(model, tok, std_batch):
     cfg, variables = model
     return sample(cfg, variables, std_batch, temperature=0.0, max_new_tokens=NEW, eos_ids=(),
-                  rng=jax.random.key(0), pad_id=tok.pad_id)
+                  rng=jax.random.key(0), pad_id=tok.pad_id, suppress_ids=vision_ids(cfg))
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +112,8 @@ def test_cached_greedy_equals_full_forward(model, tok, std_batch, greedy_out):
     s, out = std_batch["input_ids"].shape[1], greedy_out
     assert out.tokens.shape == (2, NEW) and out.tokens.dtype == np.int32
     np.testing.assert_array_equal(out.lengths, [NEW, NEW])
-    logits = _full_forward(cfg, variables, std_batch, out.tokens)[:, s - 1: s - 1 + NEW]
+    logits = _full_forward(cfg, variables, std_batch, out.tokens)[:, s - 1: s - 1 + NEW].copy()
+    logits[..., list(vision_ids(cfg))] = -np.inf   # the sampler never emits placeholders
     np.testing.assert_array_equal(out.tokens, logits.argmax(-1))
     expected_lp = np.take_along_axis(jax.nn.log_softmax(logits, -1), out.tokens[..., None], -1)[..., 0]
     np.testing.assert_allclose(out.logprobs, expected_lp, atol=2e-4)
@@ -113,7 +121,8 @@ def test_cached_greedy_equals_full_forward(model, tok, std_batch, greedy_out):
 
 def test_samples_per_prompt_are_grouped_and_eos_stops(model, tok, std_batch, greedy_out):
     cfg, variables = model
-    kw = dict(temperature=0.0, max_new_tokens=NEW, rng=jax.random.key(0), pad_id=tok.pad_id)
+    kw = dict(temperature=0.0, max_new_tokens=NEW, rng=jax.random.key(0), pad_id=tok.pad_id,
+              suppress_ids=vision_ids(cfg))
     rep = sample(cfg, variables, std_batch, num_samples=3, eos_ids=(), **kw)
     np.testing.assert_array_equal(rep.tokens, np.repeat(greedy_out.tokens, 3, axis=0))
     # Make a later greedy token (at its first occurrence in its row) an EOS: rows stop there.
@@ -199,7 +208,8 @@ def test_stop_strings_cut_after_completing_token(model, tok, std_batch, greedy_o
     stop = text[k][len(text[k - 1]) - 1:]  # spans the boundary between tokens k-1 and k
     assert all(stop not in text[j] for j in range(k))
     out = sample(cfg, variables, std_batch, temperature=0.0, max_new_tokens=NEW, eos_ids=(),
-                 rng=jax.random.key(0), pad_id=tok.pad_id, stop_sequences=["\x00never", stop], tokenizer=tok)
+                 rng=jax.random.key(0), pad_id=tok.pad_id, stop_sequences=["\x00never", stop], tokenizer=tok,
+                 suppress_ids=vision_ids(cfg))
     assert out.lengths[1] == k
     np.testing.assert_array_equal(out.tokens[1, :k], free[:k])
     assert (out.tokens[1, k:] == tok.pad_id).all() and (out.logprobs[1, k:] == 0).all()
@@ -214,7 +224,7 @@ def test_equal_shapes_never_recompile(model, tok, std_batch, greedy_out, first_s
     sample(cfg, variables, other, num_samples=1000, temperature=0.5, top_k=4, top_p=0.8, max_new_tokens=1,
            eos_ids=(5,), rng=jax.random.key(9), pad_id=tok.pad_id)
     again = sample(cfg, variables, other, temperature=0.0, max_new_tokens=NEW, eos_ids=(),
-                   rng=jax.random.key(3), pad_id=tok.pad_id)
+                   rng=jax.random.key(3), pad_id=tok.pad_id, suppress_ids=vision_ids(cfg))
     assert trace_count() == before
     assert not np.array_equal(again.tokens, greedy_out.tokens)
     sample(cfg, variables, other, temperature=0.0, max_new_tokens=2, eos_ids=(), rng=jax.random.key(3),
@@ -261,3 +271,12 @@ def test_greedy_equals_transformers_generate(tmp_path):
     ref_new = ref[:, ids.shape[1]:].numpy()
     assert ref_new.shape == (2, new)
     np.testing.assert_array_equal(out.tokens, ref_new)
+
+
+def test_suppressed_ids_are_never_sampled(model, tok, std_batch, greedy_out):
+    cfg, variables = model
+    banned = tuple(int(t) for t in np.unique(greedy_out.tokens[:, :2]))
+    out = sample(cfg, variables, std_batch, temperature=0.0, max_new_tokens=NEW,
+                 rng=jax.random.key(0), pad_id=tok.pad_id, eos_ids=(), suppress_ids=banned)
+    assert not np.isin(out.tokens, banned).any()
+    assert (out.tokens[:, 0] != greedy_out.tokens[:, 0]).all()

@@ -87,13 +87,14 @@ def _repeat_rows(x: jnp.ndarray, n: int, axis: int = 0) -> jnp.ndarray:
 
 
 @partial(jax.jit, static_argnames=("cfg", "grid_thw", "num_samples", "max_new_tokens", "greedy",
-                                   "filtered", "pad_id", "cache_dtype"))
+                                   "filtered", "pad_id", "cache_dtype", "suppress_ids"))
 def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarray,
               position_ids: jnp.ndarray, pixel_values: jnp.ndarray | None,
               rng: jax.Array, temperature: jnp.ndarray, top_k: jnp.ndarray, top_p: jnp.ndarray,
               eos_ids: jnp.ndarray, *, cfg: ModelConfig, grid_thw: GridTHW | None, num_samples: int,
               max_new_tokens: int, greedy: bool, filtered: bool, pad_id: int,
-              cache_dtype: str) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+              cache_dtype: str, suppress_ids: tuple[int, ...] = ()
+              ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     _TRACES[0] += 1
     b, s = input_ids.shape
     n, total = num_samples, s + max_new_tokens
@@ -112,8 +113,13 @@ def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarra
     # are exactly this minus S), so decode positions need nothing beyond position_ids.
     next_pos = _repeat_rows(jnp.max(position_ids, axis=(0, 2)).astype(jnp.int32) + 1, n)
     rows = b * n
-    choose = partial(choose_tokens, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
-                     filtered=filtered)
+    pick = partial(choose_tokens, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                   filtered=filtered)
+
+    def choose(key, logits):
+        if suppress_ids:
+            logits = logits.at[:, jnp.asarray(suppress_ids)].set(-jnp.inf)
+        return pick(key, logits)
 
     tok, lp = choose(jax.random.fold_in(rng, 0), last)
     tokens = jnp.full((rows, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
@@ -177,14 +183,16 @@ def sample(cfg: ModelConfig, variables: Any, prompt_batch: Mapping[str, Any], *,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, max_new_tokens: int,
            eos_ids: Sequence[int], rng: jax.Array, pad_id: int,
            stop_sequences: Sequence[str] | None = None, tokenizer: Any = None,
-           cache_dtype: str | None = None) -> SampleOutput:
+           cache_dtype: str | None = None, suppress_ids: Sequence[int] = ()) -> SampleOutput:
     """Generate `num_samples` continuations of each left-padded prompt.
 
     prompt_batch: input_ids i32[B, S], attention_mask i32[B, S] (left padding), position_ids
     i32[3, B, S] (from `get_rope_index`; a rope_deltas entry is not needed), optional pixel_values
     f32[N, D] with grid_thw (static tuple of (t, h, w)). temperature 0 = greedy. Rows stop at
     any of `eos_ids` (kept in the length) or, when `stop_sequences` is given (needs
-    `tokenizer`), after the token that completes a stop string.
+    `tokenizer`), after the token that completes a stop string. `suppress_ids` are never
+    sampled (RL and evaluation pass the vision placeholders: a completion holding an image-pad
+    token would have no image features to go with it when it is trained on).
     """
     for key in ("input_ids", "attention_mask", "position_ids"):
         if key not in prompt_batch:
@@ -218,7 +226,7 @@ def sample(cfg: ModelConfig, variables: Any, prompt_batch: Mapping[str, Any], *,
         jnp.asarray(eos),
         cfg=cfg, grid_thw=grid or None, num_samples=int(num_samples), max_new_tokens=int(max_new_tokens),
         greedy=temperature == 0, filtered=top_k > 0 or top_p < 1.0, pad_id=int(pad_id),
-        cache_dtype=cache_dtype or cfg.dtype)
+        cache_dtype=cache_dtype or cfg.dtype, suppress_ids=tuple(sorted(int(i) for i in suppress_ids)))
     out = SampleOutput(np.asarray(tokens), np.asarray(logprobs), np.asarray(lengths))
     if stop_sequences:
         out = apply_stop_sequences(out, stop_sequences, tokenizer, pad_id)
