@@ -16,15 +16,22 @@ from configs import default
 def get_config() -> ConfigDict:
     c = default.get_config()
     c.workdir = "workdir/ablations"
+    # A reduced budget (15 full pipelines must fit in about an hour on 2 CPU cores): fewer SFT
+    # and RL steps than the main job, and the in-domain and open-ended sets only.
+    c.sft.steps = 200
+    c.rl.steps = 15
     c.eval.models = ("sft_rl",)
+    c.eval.sets = ("indomain", "open")
+    c.eval.max_examples = 48
+    # Each variant is the command-line overrides it adds to this config.
     c.ablation = ConfigDict(dict(
         seeds=(0, 1, 2),
         variants=ConfigDict(dict(
-            full={},
-            sft_only={"rl.steps": 0},
-            rl_without_sft={"sft.steps": 0, "rl.init_from": "base"},
-            flat_reward={"rl.reward.variant": "flat"},
-            no_ddx_step={"generate.types": ("basic",)},
+            full="",
+            sft_only="--config.rl.steps=0",
+            rl_without_sft="--config.sft.steps=0 --config.rl.init_from=base",
+            flat_reward="--config.rl.reward.variant=flat",
+            no_ddx_step="--config.generate.types=('basic',)",
         )),
     ))
     return c

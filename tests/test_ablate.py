@@ -22,10 +22,25 @@ def test_mean_ci_single_value_and_nan_are_handled():
     assert all(math.isnan(x) for x in mean_ci([]))
 
 
-def test_override_flags_render_literals_for_tuples_and_strings():
-    flags = override_flags({"rl.steps": 0, "rl.init_from": "base", "generate.types": ("basic",)})
-    assert flags == ["--config.rl.steps=0", "--config.rl.init_from='base'",
-                     "--config.generate.types=('basic',)"]
+def test_override_flags_are_split_and_checked():
+    assert override_flags("--config.sft.steps=0 --config.rl.init_from=base") == [
+        "--config.sft.steps=0", "--config.rl.init_from=base"]
+    assert override_flags("") == []
+    with pytest.raises(ValueError, match="rl.steps"):
+        override_flags("rl.steps=0")
+
+
+def test_every_shipped_variant_is_a_valid_config():
+    from configs import ablations
+
+    config = ablations.get_config()
+    for name, overrides in config.ablation.variants.items():
+        for flag in override_flags(overrides):
+            key, value = flag[len("--config."):].split("=", 1)
+            node = config
+            for part in key.split(".")[:-1]:
+                node = node[part]
+            assert key.split(".")[-1] in node, (name, key)
 
 
 def test_markdown_has_one_row_per_variant():

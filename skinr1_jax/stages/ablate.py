@@ -24,9 +24,13 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8:
        9: 2.262, 10: 2.228}
 
 
-def override_flags(overrides: dict[str, Any]) -> list[str]:
-    return [f"--config.{k}={v!r}" if isinstance(v, (tuple, list, str)) else f"--config.{k}={v}"
-            for k, v in overrides.items()]
+def override_flags(overrides: str) -> list[str]:
+    """A variant's overrides: `--config.key=value` flags separated by spaces."""
+    flags = overrides.split()
+    bad = [f for f in flags if not f.startswith("--config.") or "=" not in f]
+    if bad:
+        raise ValueError(f"ablation overrides must be --config.key=value flags; got {bad}")
+    return flags
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
@@ -57,7 +61,7 @@ def command(config: ConfigDict, flags: Any) -> int:
             if not results.exists():
                 cmd = [sys.executable, "-m", "launch", "--config", config_file,
                        f"--config.workdir={workdir}", f"--config.seed={seed}",
-                       *override_flags(dict(overrides))]
+                       *override_flags(overrides)]
                 print(f"[ablate] {variant} seed {seed}: {' '.join(cmd[3:])}", flush=True)
                 subprocess.run(cmd, check=True)
             model = json.loads(results.read_text())
