@@ -18,6 +18,8 @@ def get_config() -> ConfigDict:
     c.workdir = "workdir/ablations"
     # A reduced budget (15 full pipelines must fit in about an hour on 2 CPU cores): fewer SFT
     # and RL steps than the main job, and the in-domain and open-ended sets only.
+    c.data.dense_per_class = 24
+    c.generate.per_diagnosis_per_type = 12
     c.sft.steps = 200
     c.rl.steps = 15
     c.eval.models = ("sft_rl",)
