@@ -3,7 +3,6 @@ confusion over the tree. Each function writes one PNG and returns its path."""
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -15,15 +14,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def read_metrics(path: Path) -> list[dict]:
-    if not Path(path).exists():
-        return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+def training_curves(workdir: Path, out: Path) -> Path:
+    """Loss per stage and RL reward (per component) against step, from <workdir>/metrics.jsonl."""
+    from skinr1_jax.train.logging import read_metrics
 
-
-def training_curves(metrics_path: Path, out: Path) -> Path:
-    """Loss per stage and RL reward (per component) against step."""
-    rows = read_metrics(metrics_path)
+    rows = read_metrics(workdir)
     by_stage: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_stage[row.get("stage", "?")].append(row)

@@ -193,9 +193,9 @@ def image_grid(encoded: dict) -> tuple[int, int, int]:
     return tuple(int(g) for g in encoded["grid_thw"])
 
 
-def step_arrays(batch: dict, keep: tuple[str, ...] = ()) -> dict:
+def step_arrays(batch: dict) -> dict:
     """The arrays a jitted step takes: host-only fields and bookkeeping masks dropped."""
     from skinr1_jax.data.pipeline import HOST_KEYS
 
     drop = set(HOST_KEYS) | {"example_mask", "rope_deltas", "num_options", "answer"}
-    return {k: v for k, v in batch.items() if k not in drop or k in keep}
+    return {k: v for k, v in batch.items() if k not in drop}

@@ -73,7 +73,7 @@ def results_markdown(results: dict[str, dict]) -> str:
 def _plots(workdir: Path, results: dict, extras: dict, taxonomy) -> None:
     from skinr1_jax.eval import metrics, plots
 
-    plots.training_curves(workdir / "metrics.jsonl", workdir / "training_curves.png")
+    plots.training_curves(workdir, workdir / "training_curves.png")
     plots.accuracy_by_level(results, workdir / "accuracy_by_level.png")
     for name, extra in extras.items():
         if "open" not in extra:

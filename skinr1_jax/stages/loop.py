@@ -116,6 +116,7 @@ def train(stage: str, config: ConfigDict, workdir: Path, *, model_cfg: Any, vari
     finally:
         bar.close()
         manager.close()
+        writer.close()
     variables = tstate.merge_variables(state.trainable, state.frozen)
     return TrainResult(jax.device_get(variables), steps, time.time() - t0, metrics)
 
