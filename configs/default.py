@@ -86,15 +86,15 @@ def get_config() -> ConfigDict:
         top_k=0,
         top_p=1.0,
         max_new_tokens=160,     # the longest SFT answers are ~150 tokens
-        learning_rate=2e-4,
+        learning_rate=5e-5,
         warmup_ratio=0.03,
-        beta=0.04,              # KL weight; 0 skips the reference forward
+        beta=0.1,               # KL weight (the paper: 0.04); 0 skips the reference forward
         mu=1,                   # policy updates per rollout batch (>1 uses the clipped ratio)
         clip_low=0.2,
         clip_high=0.2,          # DAPO uses a larger high clip, e.g. 0.28
         scale_std=True,         # False = Dr. GRPO (no std division)
         loss_agg="seq_mean",    # seq_mean (paper) | token_mean
-        lambda_sft=0.1,         # joint objective: lambda_sft * SFT + lambda_rl * GRPO
+        lambda_sft=0.5,         # joint objective: lambda_sft * SFT + lambda_rl * GRPO
         lambda_rl=1.0,
         task="mixed",           # mcq (paper) | open (taxonomy-distance reward) | mixed
         init_from="sft",        # sft | base (the paper's "RL without SFT" ablation)

@@ -57,6 +57,8 @@ def get_config() -> ConfigDict:
     c.rl.learning_rate = 1e-5
     c.rl.warmup_ratio = 0.03
     c.rl.beta = 0.04
+    c.rl.lambda_sft = 0.0       # the paper's RL is GRPO alone
+    c.rl.task = "mcq"           # the paper's 4-option hierarchical question
     c.rl.steps = 1500
     c.rl.init_from = "sft"
     c.rl.init_sft_step = 4 * SFT_TRAJECTORIES // EFFECTIVE_BATCH  # the epoch-4 checkpoint

@@ -53,3 +53,12 @@ def test_markdown_has_one_row_per_variant():
     assert len(rows) == 2
     assert rows[0].count("0.500 ± 0.100") == len(METRICS)
     assert "±" not in rows[1] and rows[1].count("0.250") == len(METRICS)
+
+
+def test_metrics_never_evaluated_are_left_out():
+    from skinr1_jax.stages.ablate import METRICS
+
+    nan = float("nan")
+    table = {"full": {m: ((0.5, 0.1) if m == "acc_leaf" else (nan, nan)) for m in METRICS}}
+    header = ablation_markdown(table, 3).splitlines()[2]
+    assert header == "| variant | acc_leaf |"

@@ -76,10 +76,12 @@ def command(config: ConfigDict, flags: Any) -> int:
 
 
 def ablation_markdown(table: dict[str, dict[str, tuple[float, float]]], seeds: int) -> str:
+    """Means ± 95% half-widths; metrics no variant was evaluated on are left out."""
+    shown = [k for k in METRICS if any(not math.isnan(row[k][0]) for row in table.values())]
     lines = [f"Mean over {seeds} seeds ± half-width of the 95% t-interval.", "",
-             "| variant | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+             "| variant | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
     for variant, row in table.items():
         cells = [f"{m:.3f} ± {h:.3f}" if not math.isnan(h) else f"{m:.3f}"
-                 for m, h in (row[k] for k in METRICS)]
+                 for m, h in (row[k] for k in shown)]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
