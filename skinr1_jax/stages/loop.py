@@ -91,16 +91,17 @@ def train(stage: str, config: ConfigDict, workdir: Path, *, model_cfg: Any, vari
     bar = tlog.ProgressBar(steps, stage, initial=start)
     t0 = time.time()
     metrics: dict[str, float] = {}
-    compiled_report = False
+    compiled = None
     try:
         for step in range(start, steps):
             sft_batch, rl_batch, extra = source.batches(state, step)
             sft_batch = None if sft_batch is None else sharding.shard_batch(sft_batch, mesh)
             rl_batch = None if rl_batch is None else sharding.shard_batch(rl_batch, mesh)
-            if not compiled_report:
-                _report_compile(stage, train_step, state, sft_batch, rl_batch)
-                compiled_report = True
-            state, step_metrics = train_step(state, sft_batch, rl_batch)
+            if compiled is None:
+                compiled = _compile(stage, train_step, state, sft_batch, rl_batch)
+            # Batches have fixed shapes, so the ahead-of-time executable serves every step.
+            with sharding.mesh_context(mesh):
+                state, step_metrics = compiled(state, sft_batch, rl_batch)
             done = step + 1
             if done % int(config.log.every_steps) == 0 or done == steps:
                 metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
@@ -121,13 +122,15 @@ def train(stage: str, config: ConfigDict, workdir: Path, *, model_cfg: Any, vari
     return TrainResult(jax.device_get(variables), steps, time.time() - t0, metrics)
 
 
-def _report_compile(stage: str, train_step, state, sft_batch, rl_batch) -> None:
-    """AOT-compile once at start-up: report compile time and per-device memory (fails fast,
+def _compile(stage: str, train_step, state, sft_batch, rl_batch):
+    """AOT-compile once at start-up and report compile time and per-device memory (fails fast,
     naming the figures, when the step cannot fit the device)."""
     t = time.time()
-    _, report = tstep.compile_step(train_step, state, sft_batch, rl_batch, log=lambda s: None)
+    compiled, report = tstep.compile_step(train_step, state, sft_batch, rl_batch,
+                                          log=lambda s: None)
     mem = f", {report['total'] / 2**20:.0f} MiB per device" if report else ""
     print(f"[{stage}] step compiled in {time.time() - t:.1f}s{mem}")
+    return compiled
 
 
 def restore_variables(config: ConfigDict, workdir: Path, stage: str, step: int, *,
