@@ -16,7 +16,6 @@ Every label that finds no node is counted in a `HarmonizationReport`, never sile
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from skinr1_jax.jsonfile import read_json
 from skinr1_jax.taxonomy import UNKNOWN, Taxonomy, normalize
 
 FALLBACKS = ("none", "resolver", "resolver_prefix")
@@ -60,12 +60,7 @@ class LabelMap:
     @classmethod
     def from_file(cls, path: str | Path) -> LabelMap:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise LabelMapError(f"{path}: label map not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise LabelMapError(f"{path}: unreadable label map ({e})") from None
+        data = read_json(path, LabelMapError, "label map")
         return cls.from_dict(data, source=str(path))
 
     @classmethod

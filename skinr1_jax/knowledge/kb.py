@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from skinr1_jax.jsonfile import read_json
 from skinr1_jax.knowledge.concepts import CONCEPTS, concept_of_feature
 from skinr1_jax.knowledge.ddx import DDxGraph
 from skinr1_jax.knowledge.vocab import FEATURE_FIELDS
@@ -161,12 +162,7 @@ class KnowledgeBase:
                   complete: bool = True) -> KnowledgeBase:
         """Load and validate; `strict=False` skips names outside `taxonomy` (e.g. a subset)."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise KnowledgeError(f"{path}: knowledge-base file not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise KnowledgeError(f"{path}: unreadable knowledge-base file ({e})") from None
+        data = read_json(path, KnowledgeError, "knowledge-base file")
         if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
             raise KnowledgeError(f"{path}: expected a JSON object with an 'entries' list")
         return cls(taxonomy, data["entries"], source=str(path), strict=strict, complete=complete)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from skinr1_jax.jsonfile import read_json
 from skinr1_jax.knowledge.vocab import MALIGNANCY_CLASSES
 from skinr1_jax.taxonomy.resolve import UNKNOWN, Resolver, normalize
 
@@ -153,12 +154,7 @@ class Taxonomy:
     @classmethod
     def from_file(cls, path: str | Path) -> Taxonomy:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise TaxonomyError(f"{path}: taxonomy file not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise TaxonomyError(f"{path}: unreadable taxonomy file ({e})") from None
+        data = read_json(path, TaxonomyError, "taxonomy file")
         if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
             raise TaxonomyError(f"{path}: expected a JSON object with a 'nodes' list")
         return cls(data["nodes"], source=str(path))
