@@ -120,14 +120,14 @@ class Evaluator:
         return metrics.option_accuracy(preds, answers), float(np.mean(fmt))
 
     def _open_scores(self, questions: list, texts: list[str]) -> tuple[dict, dict]:
-        parser = ResponseParser(**self.tags)
-        pred = np.array([answer_node(parser.final_field(t), self.taxonomy) for t in texts], np.int64)
+        if not questions:
+            return {}, {}
+        parsed = ResponseParser(**self.tags)(texts, lambda f: answer_node(f, self.taxonomy))
+        pred = parsed["node_pred"].astype(np.int64)
         truth = np.array([q.node for q in questions], np.int64)
-        fmt = np.array([parser.format_ok(t) for t in texts], bool)
+        fmt = parsed["format_ok"].astype(bool)
         diffs = [sorted(n for n in mentioned_nodes(t, self.taxonomy) if n >= 0) for t in texts]
         skin = np.array([int(self.examples[q.example_id].get("skin_type", -1)) for q in questions])
-        if not len(questions):
-            return {}, {}
         scores = metrics.open_ended_metrics(self.taxonomy, pred, truth, format_ok=fmt,
                                             differentials=diffs, skin_types=skin)
         known = pred != UNKNOWN

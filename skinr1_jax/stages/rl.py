@@ -115,8 +115,9 @@ class RolloutSource:
         pixels = prompts["pixel_values"]
         per_image = pixels.shape[0] // b
         pixels = np.repeat(pixels.reshape(b, per_image, -1), g, axis=0).reshape(b * g * per_image, -1)
-        parsed = self.parser(texts)
-        finals = [self.parser.final_field(x) for x in texts]
+        is_open = self.config.rl.task != "mcq"
+        resolver = (lambda final: answer_node(final, self.taxonomy)) if is_open else None
+        parsed = self.parser(texts, resolver)
         batch = {
             "input_ids": input_ids, "attention_mask": attention, "position_ids": position_ids,
             "pixel_values": pixels.astype(np.float32), "completion_mask": completion_mask,
@@ -126,8 +127,8 @@ class RolloutSource:
             "option_scores": rep(prompts["option_scores"]).astype(np.float32),
             "malignancy_true": rep(prompts["malignancy_true"]).astype(np.int32),
         }
-        if self.config.rl.task != "mcq":
-            batch["node_pred"] = np.array([answer_node(f, self.taxonomy) for f in finals], np.int32)
+        if is_open:
+            batch["node_pred"] = parsed["node_pred"]
             batch["node_true"] = rep(prompts["node_true"]).astype(np.int32)
             batch["is_open"] = rep(prompts["is_open"]).astype(np.int32)
         if float(self.config.rl.beta) != 0:
