@@ -110,21 +110,30 @@ class Linear(nn.Module):
         return y.reshape(*lead, self.features)
 
 
-def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray,
+def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray | None,
               scale: float) -> jnp.ndarray:
     """Grouped-query softmax attention with fp32 softmax.
 
-    q [B, S, H, D]; k, v [B, T, KV, D] (H a multiple of KV); mask bool broadcastable to
-    [B, 1, 1, S, T] or given as [B, S, T]. Returns [B, S, H, D].
+    q [B, S, H, D]; k, v [B, KV, T, D] (heads-major, H a multiple of KV); mask bool [B, S, T]
+    (or broadcastable to it), or None (every key visible). Returns [B, S, H, D].
+
+    The G = H / KV query heads of a group are stacked along the query axis, so both products
+    are plain batched matmuls over (B, KV) with no transposes of k / v (the KV cache is stored
+    in this layout). Normalising after the PV product divides [.., S, D] instead of [.., S, T].
     """
     b, s, h, d = q.shape
-    kv = k.shape[2]
-    qg = q.reshape(b, s, kv, h // kv, d)
-    logits = jnp.einsum("bskgd,btkd->bkgst", qg, k).astype(jnp.float32) * scale
-    logits = jnp.where(mask[:, None, None], logits, NEG_INF)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
-    return out.reshape(b, s, h, d)
+    kv = k.shape[1]
+    g = h // kv
+    qg = q.reshape(b, s, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * s, d)
+    logits = jnp.einsum("bkqd,bktd->bkqt", qg, k).astype(jnp.float32) * scale
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, (mask.shape[0], s, k.shape[2]))
+        mask = jnp.tile(mask, (1, g, 1))[:, None]
+        logits = jnp.where(mask, logits, NEG_INF)
+    probs = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
+    total = jnp.sum(probs, axis=-1, keepdims=True)
+    out = jnp.einsum("bkqt,bktd->bkqd", probs.astype(v.dtype), v).astype(jnp.float32) / total
+    return out.astype(q.dtype).reshape(b, kv, g, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)
 
 
 class GatedMLP(nn.Module):

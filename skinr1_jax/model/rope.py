@@ -33,24 +33,29 @@ def mrope_cos_sin(position_ids: jnp.ndarray, head_dim: int, theta: float,
     """Multimodal rotary tables. position_ids i32[3, B, S] (temporal, height, width) ->
     cos, sin f32[B, S, head_dim]: frequency chunk i of `mrope_section` takes axis i % 3."""
     inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
-    freqs = position_ids.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [3,B,S,D/2]
     bounds = np.cumsum([0, *mrope_section])
-    freqs = jnp.concatenate(
-        [freqs[i % 3, ..., bounds[i]:bounds[i + 1]] for i in range(len(mrope_section))], axis=-1)
-    emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(emb), jnp.sin(emb)
+    pick = np.zeros((3, head_dim // 2), np.float32)  # one-hot: which axis drives frequency j
+    for i in range(len(mrope_section)):
+        pick[i % 3, bounds[i]:bounds[i + 1]] = 1.0
+    pick = np.concatenate([pick, pick], axis=-1)[:, None, None, :]
+    freqs = position_ids.astype(jnp.float32)[..., None] * jnp.asarray(np.tile(inv_freq, 2))
+    # Pick each frequency's axis with an (exact, one-hot) sum rather than slices: XLA:CPU
+    # fuses elementwise cos / sin into every rotary use and recomputes them per head (q and k,
+    # forward and backward, each layer), while a reduction's result is computed once.
+    return jnp.sum(jnp.cos(freqs) * pick, axis=0), jnp.sum(jnp.sin(freqs) * pick, axis=0)
 
 
-def vision_cos_sin(pos_hw: np.ndarray, head_dim: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+def vision_cos_sin(pos_hw: np.ndarray, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
     """2-D axial rotary tables for vision patches. pos_hw int[N, 2] (row, col) ->
-    cos, sin f32[N, head_dim] laid out as [h-freqs, w-freqs, h-freqs, w-freqs]."""
+    cos, sin f32[N, head_dim] laid out as [h-freqs, w-freqs, h-freqs, w-freqs]. Numpy: the
+    positions are static, so the tables are compile-time constants (no cos / sin at run time)."""
     spatial_dim = head_dim // 2
     inv_freq = 1.0 / (VISION_ROPE_THETA ** (np.arange(0, spatial_dim, 2, dtype=np.float32)
                                             / spatial_dim))
-    freqs = jnp.asarray(pos_hw, jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [N, 2, D/4]
-    freq_hw = jnp.concatenate([freqs[:, 0], freqs[:, 1]], axis=-1)
-    emb = jnp.concatenate([freq_hw, freq_hw], axis=-1)
-    return jnp.cos(emb), jnp.sin(emb)
+    freqs = np.asarray(pos_hw, np.float32)[..., None] * inv_freq  # [N, 2, D/4]
+    freq_hw = np.concatenate([freqs[:, 0], freqs[:, 1]], axis=-1)
+    emb = np.concatenate([freq_hw, freq_hw], axis=-1)
+    return np.cos(emb), np.sin(emb)
 
 
 def vision_position_ids(grid_thw: GridTHW, merge: int) -> np.ndarray:

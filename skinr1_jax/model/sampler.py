@@ -72,12 +72,16 @@ def choose_tokens(rng: jax.Array, logits: jnp.ndarray, temperature: jnp.ndarray 
     """
     logits = logits.astype(jnp.float32)
     if greedy:
-        ids = jnp.argmax(logits, axis=-1)
-        logp = jax.nn.log_softmax(logits, axis=-1)
-    else:
-        scaled = logits / temperature
-        logp = jax.nn.log_softmax(scaled, axis=-1)
-        ids = jax.random.categorical(rng, filter_logits(scaled, top_k, top_p) if filtered else scaled, axis=-1)
+        # argmax's first-maximum rule from two plain reductions (XLA:CPU's variadic
+        # value-and-index argmax reduce is ~10x slower); the chosen log-prob is then
+        # log_softmax at the maximum, -log(sum(exp(logits - max))), with no [B, V] gather.
+        top = jnp.max(logits, axis=-1, keepdims=True)
+        vocab = logits.shape[-1]
+        ids = jnp.min(jnp.where(logits == top, jnp.arange(vocab), vocab), axis=-1)
+        return ids.astype(jnp.int32), -jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1))
+    scaled = logits / temperature
+    logp = jax.nn.log_softmax(scaled, axis=-1)
+    ids = jax.random.categorical(rng, filter_logits(scaled, top_k, top_p) if filtered else scaled, axis=-1)
     chosen = jnp.take_along_axis(logp, ids[:, None], axis=-1)[:, 0]
     return ids.astype(jnp.int32), chosen
 
@@ -104,7 +108,8 @@ def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarra
     if pixel_values is not None:
         batch["pixel_values"] = pixel_values
     logits, cache = forward(cfg, variables, batch, grid_thw=grid_thw,
-                            cache=init_cache(cfg, b, total, cache_dtype), cache_index=0)
+                            cache=init_cache(cfg, b, total, cache_dtype), cache_index=0,
+                            last_logits_only=True)
     batch_axis = CACHE_AXES.index("batch")
     cache = jax.tree.map(lambda x: _repeat_rows(x, n, batch_axis), cache)
     last = _repeat_rows(logits[:, -1], n)  # left padding: the last position is always real

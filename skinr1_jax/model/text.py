@@ -1,6 +1,6 @@
 """The Qwen2 language model of Qwen2.5-VL: grouped-query attention with q/k/v biases and
 multimodal rotary embeddings, SwiGLU MLP, RMSNorm, and an optional preallocated KV cache
-(k/v [layers, B, T, kv_heads, head_dim], written at `cache_index`).
+(k/v: one [B, kv_heads, T, head_dim] array per layer, written at `cache_index`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from skinr1_jax.model.config import ModelConfig
 from skinr1_jax.model.layers import GatedMLP, Linear, RMSNorm, attention
 from skinr1_jax.model.rope import apply_rotary
 
-Cache = dict[str, jnp.ndarray]
+Cache = dict[str, tuple[jnp.ndarray, ...]]
 
 
 def _linear_kw(cfg: ModelConfig, deterministic: bool) -> dict:
@@ -39,14 +39,19 @@ class SelfAttention(nn.Module):
         k = Linear(nkv * hd, ("embed", "kv_heads"), f"{prefix}.k_proj", name="k_proj", **kw)(x)
         v = Linear(nkv * hd, ("embed", "kv_heads"), f"{prefix}.v_proj", name="v_proj", **kw)(x)
         q = apply_rotary(q.reshape(b, s, nh, hd), cos, sin)
-        k = apply_rotary(k.reshape(b, s, nkv, hd), cos, sin)
-        v = v.reshape(b, s, nkv, hd)
+        # Heads-major [B, KV, S, D], the cache's layout and what attention multiplies.
+        k = apply_rotary(k.reshape(b, s, nkv, hd), cos, sin).transpose(0, 2, 1, 3)
+        v = v.reshape(b, s, nkv, hd).transpose(0, 2, 1, 3)
         if cache is not None:
-            at = (self.index, 0, cache_index, 0, 0)
-            cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k[None].astype(cache["k"].dtype), at),
-                     "v": jax.lax.dynamic_update_slice(cache["v"], v[None].astype(cache["v"].dtype), at)}
-            k = cache["k"][self.index].astype(q.dtype)
-            v = cache["v"][self.index].astype(q.dtype)
+            # One array per layer: attention reads the updated buffer in place, where a slice
+            # of a [layers, ...] array would be copied every decode step.
+            i, at = self.index, (0, 0, cache_index, 0)
+            new = {"k": k, "v": v}
+            cache = {name: (*layers[:i], jax.lax.dynamic_update_slice(
+                layers[i], new[name].astype(layers[i].dtype), at), *layers[i + 1:])
+                for name, layers in cache.items()}
+            k = cache["k"][i].astype(q.dtype)
+            v = cache["v"][i].astype(q.dtype)
         out = attention(q, k, v, mask, hd ** -0.5).reshape(b, s, nh * hd)
         out = Linear(t.hidden_size, ("heads", "embed"), f"{prefix}.o_proj", use_bias=False,
                      name="o_proj", **kw)(out)

@@ -5,6 +5,8 @@ numpy from the static `grid_thw`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,50 @@ from skinr1_jax.model.rope import (GridTHW, apply_rotary, segment_ids, vision_co
                                    vision_cu_seqlens, vision_position_ids, vision_window_index)
 
 VISION_NORM_EPS = 1e-6
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SegmentBlocks:
+    """Static layout of block-diagonal attention over contiguous segments: token n of segment i
+    sits in row i, column n - start_i of a [num, length] grid (length = the longest segment).
+    Attending block by block costs num * length^2 instead of N^2 (the dense block-diagonal
+    mask spends almost all its work on masked pairs), and equal segments need no mask."""
+
+    num: int
+    length: int
+    gather: np.ndarray | None   # int[num * length]: the token in each cell (padding: 0); None = identity
+    valid: np.ndarray | None    # bool[num, length]: cells holding a token; None = all
+    scatter: np.ndarray | None  # int[N]: the cell of each token; None = identity
+
+
+def segment_blocks(cu_seqlens: np.ndarray) -> SegmentBlocks:
+    """The `SegmentBlocks` of segments [cu[i], cu[i+1])."""
+    cu = np.asarray(cu_seqlens, np.int64)
+    starts, lens = cu[:-1], np.diff(cu)
+    num, length = len(lens), int(lens.max())
+    if (lens == length).all():
+        return SegmentBlocks(num, length, None, None, None)
+    col = np.arange(length)
+    valid = col[None, :] < lens[:, None]
+    gather = np.where(valid, starts[:, None] + col[None, :], 0).reshape(-1)
+    seg = segment_ids(cu)
+    scatter = seg * length + np.arange(int(cu[-1])) - starts[seg]
+    return SegmentBlocks(num, length, gather, valid, scatter)
+
+
+def block_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, blocks: SegmentBlocks,
+                    scale: float) -> jnp.ndarray:
+    """Attention of q, k, v [N, H, D] within each segment of `blocks` -> [N, H, D]."""
+    def grid(x: jnp.ndarray) -> jnp.ndarray:
+        if blocks.gather is not None:
+            x = x[blocks.gather]
+        return x.reshape(blocks.num, blocks.length, *x.shape[1:])
+
+    mask = None if blocks.valid is None else jnp.asarray(blocks.valid)[:, None, :]
+    heads_major = lambda x: grid(x).transpose(0, 2, 1, 3)
+    out = attention(grid(q), heads_major(k), heads_major(v), mask, scale)
+    out = out.reshape(blocks.num * blocks.length, *out.shape[2:])
+    return out if blocks.scatter is None else out[blocks.scatter]
 
 
 def _linear_kw(cfg: ModelConfig, deterministic: bool) -> dict:
@@ -33,7 +79,7 @@ class VisionAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray,
-                 mask: jnp.ndarray) -> jnp.ndarray:
+                 mask: jnp.ndarray | SegmentBlocks) -> jnp.ndarray:
         v = self.cfg.vision
         kw = _linear_kw(self.cfg, self.deterministic)
         n = x.shape[0]
@@ -41,7 +87,11 @@ class VisionAttention(nn.Module):
                      name="qkv", **kw)(x)
         q, k, val = jnp.moveaxis(qkv.reshape(n, 3, v.num_heads, v.head_dim), 1, 0)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = attention(q[None], k[None], val[None], mask[None], v.head_dim ** -0.5)[0]
+        if isinstance(mask, SegmentBlocks):
+            out = block_attention(q, k, val, mask, v.head_dim ** -0.5)
+        else:
+            out = attention(q[None], k.transpose(1, 0, 2)[None], val.transpose(1, 0, 2)[None],
+                            mask[None], v.head_dim ** -0.5)[0]
         return Linear(v.hidden_size, ("vision_heads", "vision_embed"), f"{self.prefix}.proj",
                       name="proj", **kw)(out.reshape(n, v.hidden_size))
 
@@ -53,8 +103,9 @@ class VisionBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray,
-                 mask: jnp.ndarray) -> jnp.ndarray:
-        """x [N, D]; cos/sin f32[N, head_dim]; mask bool[N, N] (block-diagonal segments)."""
+                 mask: jnp.ndarray | SegmentBlocks) -> jnp.ndarray:
+        """x [N, D]; cos/sin f32[N, head_dim]; mask bool[N, N] (block-diagonal segments) or
+        the segments' `SegmentBlocks`."""
         v = self.cfg.vision
         prefix = f"model.visual.blocks.{self.index}"
         x = x + VisionAttention(self.cfg, f"{prefix}.attn", self.deterministic, name="attn")(
@@ -110,15 +161,12 @@ class VisionTower(nn.Module):
         x = x[patch_order]
         cos, sin = vision_cos_sin(vision_position_ids(grid_thw, v.spatial_merge_size)[patch_order],
                                   v.head_dim)
-        seg_full = segment_ids(vision_cu_seqlens(grid_thw))
-        seg_window = segment_ids(cu_window)
-        full_mask = jnp.asarray(seg_full[:, None] == seg_full[None, :])
-        window_mask = jnp.asarray(seg_window[:, None] == seg_window[None, :])
+        full_blocks = segment_blocks(vision_cu_seqlens(grid_thw))
+        window_blocks = segment_blocks(cu_window)
         for i in range(v.depth):
-            mask = full_mask if i in v.fullatt_block_indexes else window_mask
-            block = VisionBlock
-            if c.remat:
-                block = nn.remat(VisionBlock)
+            mask = full_blocks if i in v.fullatt_block_indexes else window_blocks
+            # The layout is numpy, so static under remat (argument 4, counting the module).
+            block = nn.remat(VisionBlock, static_argnums=(4,)) if c.remat else VisionBlock
             x = block(c, i, self.deterministic, name=f"blocks_{i}")(x, cos, sin, mask)
         merged = PatchMerger(c, self.deterministic, name="merger")(x)
         return merged[np.argsort(window_index)]

@@ -24,7 +24,7 @@ from skinr1_jax.model.text import Cache, DecoderLayer
 from skinr1_jax.model.vision import VisionTower
 
 Variables = dict[str, Any]
-CACHE_AXES = ("layers", "batch", "cache_len", "kv_heads", "head_dim")
+CACHE_AXES = ("batch", "kv_heads", "cache_len", "head_dim")  # of each layer's k / v array
 
 
 def _scatter_image_features(embeds: jnp.ndarray, input_ids: jnp.ndarray, image_token_id: int,
@@ -64,6 +64,7 @@ class LanguageModel(nn.Module):
 class Qwen2_5_VL(nn.Module):
     cfg: ModelConfig
     deterministic: bool = True
+    last_logits_only: bool = False  # logits of the last position only: [B, 1, V]
 
     @nn.compact
     def __call__(self, input_ids: jnp.ndarray, attention_mask: jnp.ndarray | None,
@@ -80,6 +81,8 @@ class Qwen2_5_VL(nn.Module):
         mask = _attention_mask(b, s, attention_mask, cache, cache_index)
         h, table, cache = LanguageModel(c, self.deterministic, name="language_model")(
             input_ids, features, position_ids, mask, cache, cache_index)
+        if self.last_logits_only:
+            h = h[:, -1:]
         if c.text.tie_word_embeddings:
             logits = jnp.dot(h, table.astype(c.dtype).T, preferred_element_type=jnp.float32)
         else:
@@ -98,7 +101,7 @@ def _attention_mask(b: int, s: int, attention_mask: jnp.ndarray | None, cache: C
     else:
         if cache_index is None:
             raise ValueError("forward with a cache needs cache_index (the slot of the first new token)")
-        t, start = cache["k"].shape[2], cache_index
+        t, start = cache["k"][0].shape[CACHE_AXES.index("cache_len")], cache_index
     if attention_mask is None:
         attention_mask = jnp.ones((b, t), jnp.int32)
     if attention_mask.shape != (b, t):
@@ -111,8 +114,11 @@ def _attention_mask(b: int, s: int, attention_mask: jnp.ndarray | None, cache: C
 def forward(cfg: ModelConfig, variables: Variables, batch: dict[str, Any], *,
             grid_thw: GridTHW | None = None, cache: Cache | None = None,
             cache_index: jnp.ndarray | int | None = None, deterministic: bool = True,
-            rngs: dict[str, jax.Array] | None = None) -> tuple[jnp.ndarray, Cache | None]:
-    """Logits f32[B, S, V] for batch {input_ids i32[B,S], attention_mask i32[B,S] ([B,T] with a
+            rngs: dict[str, jax.Array] | None = None, last_logits_only: bool = False
+            ) -> tuple[jnp.ndarray, Cache | None]:
+    """Logits f32[B, S, V] (f32[B, 1, V] of the last position with `last_logits_only`: a
+    prefill needs no more, and the vocabulary projection of every prompt token is its
+    largest matmul) for batch {input_ids i32[B,S], attention_mask i32[B,S] ([B,T] with a
     cache), position_ids i32[3,B,S], pixel_values f32[N, C*Tp*P*P] (optional)} and the updated
     cache. `grid_thw` is static: (t, h, w) per image in order of appearance. Jitted inside
     (one compilation per cfg / grid_thw / shapes); also fine to call under an outer jit."""
@@ -134,7 +140,8 @@ def forward(cfg: ModelConfig, variables: Variables, batch: dict[str, Any], *,
     if cache_index is not None:
         cache_index = jnp.asarray(cache_index, jnp.int32)
     return _apply(cfg, dict(variables), input_ids, attention_mask, position_ids, pixel_values,
-                  cache, cache_index, rngs or {}, grid_thw=grid_thw, deterministic=deterministic)
+                  cache, cache_index, rngs or {}, grid_thw=grid_thw, deterministic=deterministic,
+                  last_logits_only=last_logits_only)
 
 
 def _check_image_tokens(cfg: ModelConfig, input_ids: Any, grid_thw: GridTHW | None) -> None:
@@ -150,14 +157,15 @@ def _check_image_tokens(cfg: ModelConfig, input_ids: Any, grid_thw: GridTHW | No
                          f"grid_thw {grid_thw} gives {want} image features")
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "grid_thw", "deterministic"))
+@functools.partial(jax.jit, static_argnames=("cfg", "grid_thw", "deterministic", "last_logits_only"))
 def _apply(cfg: ModelConfig, variables: Variables, input_ids: jnp.ndarray,
            attention_mask: jnp.ndarray | None, position_ids: jnp.ndarray,
            pixel_values: jnp.ndarray | None, cache: Cache | None, cache_index: jnp.ndarray | None,
-           rngs: dict[str, jax.Array], *, grid_thw: GridTHW | None, deterministic: bool
-           ) -> tuple[jnp.ndarray, Cache | None]:
-    return Qwen2_5_VL(cfg, deterministic).apply(variables, input_ids, attention_mask, position_ids,
-                                                pixel_values, grid_thw, cache, cache_index, rngs=rngs)
+           rngs: dict[str, jax.Array], *, grid_thw: GridTHW | None, deterministic: bool,
+           last_logits_only: bool) -> tuple[jnp.ndarray, Cache | None]:
+    return Qwen2_5_VL(cfg, deterministic, last_logits_only).apply(
+        variables, input_ids, attention_mask, position_ids, pixel_values, grid_thw, cache,
+        cache_index, rngs=rngs)
 
 
 def init_variables(cfg: ModelConfig, rng: jax.Array) -> Variables:
@@ -198,9 +206,10 @@ def unbox(variables: Variables) -> Variables:
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype: Any = None) -> Cache:
-    """Zeroed KV cache {"k", "v"}: [layers, B, max_len, kv_heads, head_dim] (logical axes
-    CACHE_AXES), dtype defaulting to the compute dtype."""
+    """Zeroed KV cache {"k", "v"}: per layer one [B, kv_heads, max_len, head_dim] array
+    (logical axes CACHE_AXES), dtype defaulting to the compute dtype."""
     t = cfg.text
-    shape = (t.num_hidden_layers, batch_size, max_len, t.num_key_value_heads, t.head_dim)
+    shape = (batch_size, t.num_key_value_heads, max_len, t.head_dim)
     dtype = jnp.dtype(dtype or cfg.dtype)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+    return {name: tuple(jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers))
+            for name in ("k", "v")}

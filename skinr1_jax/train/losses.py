@@ -15,21 +15,21 @@ import jax.numpy as jnp
 def token_logprobs(logits: jax.Array, input_ids: jax.Array, temperature: float = 1.0
                    ) -> jax.Array:
     """log p(input_ids[t] | input_ids[<t]) at `temperature`, f32[B, S] with 0 at t = 0."""
-    logits = logits[:, :-1].astype(jnp.float32) / temperature
-    targets = input_ids[:, 1:]
+    # Shift the ids, not the logits: logits[:, :-1] copies the largest activation (and its
+    # gradient is padded back); the last position's dummy target is dropped from [B, S].
+    logits = logits.astype(jnp.float32) / temperature
+    targets = jnp.pad(input_ids[:, 1:], ((0, 0), (0, 1)))
     logz = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    lp = picked - logz
-    return jnp.pad(lp, ((0, 0), (1, 0)))
+    return jnp.pad((picked - logz)[:, :-1], ((0, 0), (1, 0)))
 
 
 def token_entropy(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
     """Entropy of the next-token distribution at `temperature`, f32[B, S] aligned like
     `token_logprobs` (entry t is the entropy of the distribution that predicted token t)."""
-    logits = logits[:, :-1].astype(jnp.float32) / temperature
-    logp = jax.nn.log_softmax(logits, axis=-1)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
     ent = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-    return jnp.pad(ent, ((0, 0), (1, 0)))
+    return jnp.pad(ent[:, :-1], ((0, 0), (1, 0)))
 
 
 def sft_loss(logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Array
