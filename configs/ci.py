@@ -14,6 +14,8 @@ def get_config() -> ConfigDict:
     c.data.test_per_class = 2
     c.data.ood_per_class = 1
     c.generate.per_diagnosis_per_type = 2
+    c.pretrain.steps = 2
+    c.pretrain.batch_size = 4
     c.sft.steps = 4
     c.sft.batch_size = 4
     c.rl.steps = 2

@@ -44,6 +44,7 @@ def get_config() -> ConfigDict:
     c.generate.question_share = 0.0
     # Effective batch 16 as the paper (1 x 16 accumulation on one GPU); here 16 rows per step
     # in 2 micro-batches of 8, so each micro-batch still spans the 8 data-parallel devices.
+    c.pretrain.steps = 0        # Qwen2.5-VL-Instruct already sees
     c.sft.batch_size = EFFECTIVE_BATCH
     c.sft.grad_accum = 2
     c.sft.steps = 8 * SFT_TRAJECTORIES // EFFECTIVE_BATCH

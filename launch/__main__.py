@@ -115,11 +115,20 @@ def main(argv: list[str]) -> int:
     from skinr1_jax.train.distributed import maybe_initialize_distributed
 
     maybe_initialize_distributed()  # no-op on one host; pods and SLURM jobs join here
+    import jax
+
+    if jax.default_backend() == "cpu":
+        from skinr1_jax.train.host import retain_freed_host_memory
+
+        retain_freed_host_memory()  # else XLA:CPU page-faults its step buffer in on every step
     workdir = _setup_workdir(config)
     for stage in _stages(FLAGS.stages):
         module = importlib.import_module(f"skinr1_jax.stages.{stage}")
         logging.info("stage %s: start", stage)
-        module.run(config, workdir)
+        try:
+            module.run(config, workdir)
+        except ConfigError as e:  # e.g. resuming a checkpoint written under another config
+            _fail(str(e))
         logging.info("stage %s: done", stage)
     return 0
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-STAGES = ("generate", "sft", "rl", "eval", "export")
+STAGES = ("generate", "pretrain", "sft", "rl", "eval", "export")
 
 
 class ConfigError(ValueError):
@@ -28,15 +28,18 @@ _CHOICES = {
     "rl.loss_agg": ("seq_mean", "token_mean"),
     "rl.task": ("mcq", "open", "mixed"),
     "rl.init_from": ("sft", "base"),
+    "pretrain.keep": ("vision", "all"),
     "rl.reward.variant": ("hierarchical", "flat"),
     "rl.reward.distance_mode": ("distance", "shared_depth"),
 }
 
-_POSITIVE_INTS = ("sft.batch_size", "sft.grad_accum", "rl.batch_size", "rl.num_generations",
+_POSITIVE_INTS = ("pretrain.batch_size", "pretrain.max_seq_len", "sft.batch_size", "sft.grad_accum",
+                  "rl.batch_size", "rl.num_generations",
                   "rl.max_new_tokens", "rl.mu", "eval.batch_size", "eval.max_new_tokens",
                   "checkpoint.every_steps", "checkpoint.keep", "log.every_steps",
                   "data.max_seq_len")
-_NON_NEGATIVE = ("sft.steps", "rl.steps", "sft.learning_rate", "rl.learning_rate", "rl.beta",
+_NON_NEGATIVE = ("pretrain.steps", "pretrain.learning_rate", "sft.steps", "rl.steps",
+                 "sft.learning_rate", "rl.learning_rate", "rl.beta",
                  "rl.lambda_sft", "rl.lambda_rl", "rl.temperature", "model.lora.rank",
                  "model.lora.dropout", "eval.max_examples")
 

@@ -62,3 +62,19 @@ def test_metrics_never_evaluated_are_left_out():
     table = {"full": {m: ((0.5, 0.1) if m == "acc_leaf" else (nan, nan)) for m in METRICS}}
     header = ablation_markdown(table, 3).splitlines()[2]
     assert header == "| variant | acc_leaf |"
+
+
+def test_pretraining_is_shared_only_when_no_variant_changes_it():
+    from configs import ablations
+    from skinr1_jax.stages.ablate import shares_pretraining
+
+    config = ablations.get_config()
+    assert shares_pretraining(config) == (config.pretrain.steps > 0
+                                          and config.pretrain.keep == "vision")
+    config.pretrain.keep = "all"        # the aligned language model depends on the tokenizer
+    assert not shares_pretraining(config)
+    config.pretrain.keep = "vision"
+    config.pretrain.steps = 10
+    config.ablation.variants.short_pretrain = "--config.pretrain.steps=5"
+    with pytest.raises(ValueError, match="short_pretrain"):
+        shares_pretraining(config)

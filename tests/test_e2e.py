@@ -49,7 +49,7 @@ def test_every_stage_wrote_its_artifacts(run_dir: Path):
 
 def test_metrics_are_finite_and_in_range(run_dir: Path):
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert {r["stage"] for r in rows} == {"sft", "rl"}
+    assert {r["stage"] for r in rows} == {"pretrain", "sft", "rl"}
     for r in rows:
         assert math.isfinite(r["loss"]), r
         if r["stage"] == "rl":
@@ -64,6 +64,23 @@ def test_metrics_are_finite_and_in_range(run_dir: Path):
         assert res["mean_tree_distance"] >= 0
         assert 0.0 <= res["ood_open"]["acc_leaf"] <= 1.0
         assert all(0.0 <= v <= 1.0 for v in res["acc_by_skin_type"].values())
+
+
+def test_base_is_the_aligned_model(run_dir: Path):
+    """models/base (what SFT starts from and `base` evaluates) is the random init after the
+    pretrain stage's caption updates, not the init itself."""
+    import jax
+
+    from configs.ci import get_config
+    from skinr1_jax.model.saved import load_model
+    from skinr1_jax.stages.common import initial_variables
+
+    cfg, base, _ = load_model(run_dir / "models" / "base")
+    init = initial_variables(get_config(), cfg)
+    moved = [float(np.abs(np.asarray(a) - np.asarray(b)).max())
+             for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(init))]
+    assert jax.tree.structure(base) == jax.tree.structure(init)
+    assert max(moved) > 0
 
 
 def test_export_reloads_with_the_same_logits(run_dir: Path):
@@ -101,3 +118,18 @@ def test_interrupted_sft_resumes_exactly(run_dir: Path, tmp_path: Path):
     want = {r["step"]: r["loss"] for r in before if r["stage"] == "sft" and r["step"] > 2}
     got = {r["step"]: r["loss"] for r in after if r["stage"] == "sft"}
     assert want and got == want
+
+
+def test_resuming_under_another_config_is_refused(run_dir: Path, tmp_path: Path):
+    """A checkpoint cannot continue a run whose SFT settings changed: exit 2, naming the key,
+    and the checkpoint is left as it was."""
+    workdir = tmp_path / "wd"
+    shutil.copytree(run_dir, workdir, ignore=shutil.ignore_patterns("models", "export"))
+    ckpts = workdir / "checkpoints" / "sft"
+    shutil.rmtree(ckpts / "4")
+    cmd = [sys.executable, "-m", "launch", "--config", "configs/ci.py",
+           f"--config.workdir={workdir}", "--config.sft.learning_rate=0.01", "--stages", "sft"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "cannot resume" in out.stderr and "sft.learning_rate" in out.stderr
+    assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())[-1] == 2

@@ -1,12 +1,18 @@
 """`python -m launch ablate --config configs/ablations.py`: every (variant, seed) of
 `config.ablation` runs the whole pipeline in its own workdir (a subprocess each, so runs share
 nothing but the files), then the means over seeds with 95% t-intervals go to
-<workdir>/ablations.json and ablations.md."""
+<workdir>/ablations.json and ablations.md.
+
+No variant changes the `pretrain` stage, and with `pretrain.keep = "vision"` its output (an
+aligned vision tower on the seed's random language model) does not depend on the tokenizer a
+variant's trajectories build, so it runs once per seed in <workdir>/pretrain/seed<k> and every
+variant of that seed starts from a copy of its models/base."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +58,14 @@ def command(config: ConfigDict, flags: Any) -> int:
     from ml_collections import config_flags
 
     config_file = config_flags.get_config_filename(flags["config"])
+
+    def launch(workdir: Path, seed: int, extra: list[str], what: str) -> None:
+        cmd = [sys.executable, "-m", "launch", "--config", config_file,
+               f"--config.workdir={workdir}", f"--config.seed={seed}", *extra]
+        print(f"[ablate] {what} seed {seed}: {' '.join(cmd[3:])}", flush=True)
+        subprocess.run(cmd, check=True)
+
+    shared = shares_pretraining(config)
     runs: dict[str, list[dict]] = {}
     for variant, overrides in config.ablation.variants.items():
         runs[variant] = []
@@ -59,11 +73,15 @@ def command(config: ConfigDict, flags: Any) -> int:
             workdir = root / variant / f"seed{seed}"
             results = workdir / "results.json"
             if not results.exists():
-                cmd = [sys.executable, "-m", "launch", "--config", config_file,
-                       f"--config.workdir={workdir}", f"--config.seed={seed}",
-                       *override_flags(overrides)]
-                print(f"[ablate] {variant} seed {seed}: {' '.join(cmd[3:])}", flush=True)
-                subprocess.run(cmd, check=True)
+                extra = override_flags(overrides)
+                if shared:
+                    base = root / "pretrain" / f"seed{seed}" / "models" / "base"
+                    if not (base / "model_config.json").exists():
+                        launch(base.parent.parent, seed, ["--stages=generate,pretrain"], "pretrain")
+                    if not (workdir / "models" / "base").exists():
+                        shutil.copytree(base, workdir / "models" / "base")
+                    extra.append("--stages=generate,sft,rl,eval")
+                launch(workdir, seed, extra, variant)
             model = json.loads(results.read_text())
             runs[variant].append(model[list(model)[-1]])
     table = {v: {m: mean_ci([r.get(m) for r in rs]) for m in METRICS} for v, rs in runs.items()}
@@ -73,6 +91,19 @@ def command(config: ConfigDict, flags: Any) -> int:
     common.write_atomic(root / "ablations.md", md)
     print(md)
     return 0
+
+
+def shares_pretraining(config: ConfigDict) -> bool:
+    """Whether the variants of a seed can start from one pretrain run (see the module doc);
+    refuses variants that override pretrain settings, which would make the sharing wrong."""
+    if int(config.pretrain.steps) == 0 or config.pretrain.keep != "vision":
+        return False
+    bad = [v for v, o in config.ablation.variants.items()
+           if any(f.startswith("--config.pretrain.") for f in override_flags(o))]
+    if bad:
+        raise ValueError(f"ablation variants {bad} override pretrain.*, but the pretrain stage "
+                         "is shared by every variant of a seed")
+    return True
 
 
 def ablation_markdown(table: dict[str, dict[str, tuple[float, float]]], seeds: int) -> str:

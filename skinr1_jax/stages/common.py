@@ -160,22 +160,15 @@ def encoder(config: ConfigDict, tokenizer, model_cfg):
                    ImageCache(max_entries=16384))
 
 
-def base_variables(config: ConfigDict, workdir: Path, model_cfg, tokenizer):
-    """The untrained starting point: the tiny model's seeded random init (saved once as
-    models/base so every stage and the `base` evaluation see the same weights), or the local
+def initial_variables(config: ConfigDict, model_cfg):
+    """Where training starts from scratch: the tiny model's seeded random init, or the local
     Hugging Face checkpoint (+ PEFT adapter) for real-scale configs."""
     import jax
 
     from skinr1_jax.model import init_variables, unbox
-    from skinr1_jax.model.saved import load_model, save_model
 
     if config.model.name == "tiny":
-        folder = models_dir(workdir) / "base"
-        if (folder / "model_config.json").exists():
-            return load_model(folder)[1]
-        variables = jax.device_get(unbox(init_variables(model_cfg, jax.random.key(config.seed))))
-        save_model(folder, model_cfg, variables, tokenizer)
-        return variables
+        return jax.device_get(unbox(init_variables(model_cfg, jax.random.key(config.seed))))
     if config.model.name != "hf":
         raise ValueError(f"model.name={config.model.name!r} is a shape preset with no weights: "
                          "use model.name=hf with model.hf_dir for training")
@@ -186,6 +179,21 @@ def base_variables(config: ConfigDict, workdir: Path, model_cfg, tokenizer):
         from skinr1_jax.model.peft_io import load_adapter
 
         _, variables = load_adapter(config.model.adapter_dir, model_cfg, variables)
+    return variables
+
+
+def base_variables(config: ConfigDict, workdir: Path, model_cfg, tokenizer):
+    """The model SFT starts from and `base` evaluates: models/base when the `pretrain` stage
+    (or an earlier call) wrote it, else `initial_variables`. The tiny model's is saved once, so
+    every stage sees the same weights; a Hugging Face checkpoint is read in place."""
+    from skinr1_jax.model.saved import load_model, save_model
+
+    folder = models_dir(workdir) / "base"
+    if (folder / "model_config.json").exists():
+        return load_model(folder)[1]
+    variables = initial_variables(config, model_cfg)
+    if config.model.name == "tiny":
+        save_model(folder, model_cfg, variables, tokenizer)
     return variables
 
 

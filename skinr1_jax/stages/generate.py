@@ -36,7 +36,7 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     items = build_sft_items(result.trajectories, dense, taxonomy, kb.ddx_graph(), config.generate,
                             config.generate.question_share, config.seed)
     if config.model.name == "tiny":
-        tokenizer = _build_tokenizer(config, workdir, items, taxonomy, kb)
+        tokenizer = _build_tokenizer(config, workdir, items, dense, taxonomy, kb)
         summary = summarize(result, tokenize=tokenizer.encode)
     else:
         summary = summarize(result)
@@ -53,13 +53,17 @@ def _progress(items: list, what: str) -> Iterator:
     return iter(tqdm(items, desc=f"[generate] {what}", unit="img", leave=False))
 
 
-def _build_tokenizer(config: ConfigDict, workdir: Path, items: list[dict], taxonomy, kb):
-    """A byte-level BPE trained on the texts the model sees: prompts, responses, every node
-    name and synonym, every KB rule. Deterministic, so reruns give the same ids."""
+def _build_tokenizer(config: ConfigDict, workdir: Path, items: list[dict], dense: list[dict],
+                     taxonomy, kb):
+    """A byte-level BPE trained on the texts the model sees: prompts, responses, captions,
+    every node name and synonym, every KB rule. Deterministic, so reruns give the same ids."""
     from skinr1_jax.data import tasks
     from skinr1_jax.model.tokenizer import build_embedded_tokenizer
 
+    from skinr1_jax.data.captions import CAPTION_PROMPT, caption
+
     corpus = [item["prompt"] for item in items] + [item["response"] for item in items]
+    corpus += [CAPTION_PROMPT] + [caption(ex["concepts"]) for ex in dense if ex["concepts"]]
     corpus += [tasks.open_question({"id": "x", "node": 1, "malignancy": "benign"}).prompt]
     for node in taxonomy.nodes:
         corpus.append(node.name)

@@ -1,4 +1,4 @@
-"""The training loop shared by the `sft` and `rl` stages: mesh, sharded state, the jitted joint
+"""The training loop shared by the `pretrain`, `sft` and `rl` stages: mesh, sharded state, the jitted joint
 step compiled ahead of time, orbax checkpoints with exact resume, progress and metrics.
 
 A stage supplies a `BatchSource`: it turns (state, step) into the step's SFT and/or RL batch
@@ -7,6 +7,7 @@ and owns the data iterators whose positions are saved with every checkpoint.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
+from skinr1_jax.config import ConfigError
 from skinr1_jax.model import abstract_variables, forward
 from skinr1_jax.train import checkpoint as ckpt
 from skinr1_jax.train import logging as tlog
@@ -25,6 +27,15 @@ from skinr1_jax.train import state as tstate
 from skinr1_jax.train import step as tstep
 
 log = logging.getLogger(__name__)
+
+# Config sections that decide a stage's updates (its inputs included): a checkpoint written
+# under other values cannot continue this run, so resuming from it is refused. The mesh,
+# logging, checkpointing and evaluation settings may change between runs.
+RESUME_SECTIONS = {
+    "pretrain": ("seed", "data", "model", "pretrain"),
+    "sft": ("seed", "data", "model", "generate", "pretrain", "sft"),
+    "rl": ("seed", "data", "model", "generate", "pretrain", "sft", "rl"),
+}
 
 
 class BatchSource(Protocol):
@@ -81,6 +92,7 @@ def train(stage: str, config: ConfigDict, workdir: Path, *, model_cfg: Any, vari
     start = 0
     if manager.latest_step() is not None:
         restored = manager.restore(state)
+        check_resumable(stage, restored.config_text, config, manager.directory)
         state, start = restored.state, restored.step
         source.restore(restored.data_state)
         print(f"[{stage}] resumed from step {start} ({manager.directory})")
@@ -110,7 +122,7 @@ def train(stage: str, config: ConfigDict, workdir: Path, *, model_cfg: Any, vari
             bar.update(1, metrics)
             if manager.should_save(done) or done == steps:
                 manager.save(done, state, data_state=source.get_state(),
-                             metrics=metrics or None)
+                             config_text=config.to_json(), metrics=metrics or None)
                 if manager.preempted:
                     print(f"[{stage}] SIGTERM: saved step {done}; exiting")
                     raise SystemExit(143)
@@ -120,6 +132,34 @@ def train(stage: str, config: ConfigDict, workdir: Path, *, model_cfg: Any, vari
         writer.close()
     variables = tstate.merge_variables(state.trainable, state.frozen)
     return TrainResult(jax.device_get(variables), steps, time.time() - t0, metrics)
+
+
+def _flatten(tree: Any, prefix: str) -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}.{key}"))
+    return out
+
+
+def check_resumable(stage: str, saved_text: str, config: ConfigDict, directory: Path) -> None:
+    """Refuse, naming the keys, to resume `stage` from a checkpoint whose config differs from
+    `config` in a section that shapes the stage's updates (see RESUME_SECTIONS). Checkpoints
+    without a saved config pass."""
+    if not saved_text:
+        return
+    saved, now = json.loads(saved_text), json.loads(config.to_json())
+    changed = []
+    for section in RESUME_SECTIONS.get(stage, ()):
+        a, b = _flatten(saved.get(section), section), _flatten(now.get(section), section)
+        changed += [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                    if a.get(k) != b.get(k)]
+    if changed:
+        raise ConfigError(f"[{stage}] cannot resume from {directory}: it was written with a "
+                         f"different config ({'; '.join(changed[:6])}"
+                         f"{'; ...' if len(changed) > 6 else ''}). Restore those values or use "
+                         "a new workdir.")
 
 
 def _compile(stage: str, train_step, state, sft_batch, rl_batch):

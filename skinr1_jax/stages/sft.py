@@ -11,33 +11,28 @@ from ml_collections import ConfigDict
 from skinr1_jax.stages import common
 
 
-class SFTSource:
-    """Fixed-shape SFT batches from a resumable, shuffled iterator over the SFT items."""
+class ItemSource:
+    """Fixed-shape batches for the SFT loss from a resumable, shuffled iterator over
+    {example_id, prompt, response} items whose images are in `images` (by example id)."""
 
-    def __init__(self, config: ConfigDict, workdir: Path, enc: Any, tokenizer: Any,
-                 seed_offset: int = 0):
+    def __init__(self, items: list[dict], images: Mapping[str, Any], enc: Any, tokenizer: Any, *,
+                 seq_len: int, batch_size: int, seed: int):
         from skinr1_jax.data.pipeline import BatchIterator, collate_sft
-        from skinr1_jax.data.sft_mix import build_sft_items
-
-        taxonomy, kb = common.taxonomy_and_kb()
-        dense = common.dataset_splits(config, workdir)["dense_train"]
-        images = {str(e["id"]): e["image"] for e in dense}
-        trajectories = common.read_jsonl(workdir / "trajectories.jsonl")
-        self.items = build_sft_items(trajectories, dense, taxonomy, kb.ddx_graph(),
-                                     config.generate, config.generate.question_share, config.seed)
         from skinr1_jax.train.distributed import data_shard, per_process_batch
 
+        self.items = items
         # Each process reads its own shard and loads its slice of the global batch.
         shard, shards = data_shard()
-        seq_len, pad = int(config.data.max_seq_len), tokenizer.pad_id
-        bs = per_process_batch(int(config.sft.batch_size))
+        pad = tokenizer.pad_id
+        bs = per_process_batch(int(batch_size))
         self.iterator = BatchIterator(
-            self.items, bs, config.seed + seed_offset, shard_index=shard, shard_count=shards,
+            items, bs, seed, shard_index=shard, shard_count=shards,
             encode_fn=lambda it: enc.sft(it["prompt"], it["response"], images[it["example_id"]],
                                          it["example_id"]),
-            collate_fn=lambda rows: collate_sft(rows, seq_len, pad, batch_size=bs))
-        self.grid = common.image_grid(enc.sft(self.items[0]["prompt"], "", images[self.items[0]["example_id"]],
-                                              self.items[0]["example_id"]))
+            collate_fn=lambda rows: collate_sft(rows, int(seq_len), pad, batch_size=bs))
+        first = items[0]
+        self.grid = common.image_grid(enc.sft(first["prompt"], "", images[first["example_id"]],
+                                              first["example_id"]))
         self.truncated = 0
 
     def example(self) -> dict:
@@ -62,6 +57,21 @@ class SFTSource:
         self.iterator.restore({k[4:]: v for k, v in data_state.items() if k.startswith("sft_")})
 
 
+def sft_source(config: ConfigDict, workdir: Path, enc: Any, tokenizer: Any,
+               seed_offset: int = 0) -> ItemSource:
+    """The SFT set (trajectories + task-format twins) as batches of `sft.batch_size`."""
+    from skinr1_jax.data.sft_mix import build_sft_items
+
+    taxonomy, kb = common.taxonomy_and_kb()
+    dense = common.dataset_splits(config, workdir)["dense_train"]
+    trajectories = common.read_jsonl(workdir / "trajectories.jsonl")
+    items = build_sft_items(trajectories, dense, taxonomy, kb.ddx_graph(), config.generate,
+                            config.generate.question_share, config.seed)
+    return ItemSource(items, {str(e["id"]): e["image"] for e in dense}, enc, tokenizer,
+                      seq_len=int(config.data.max_seq_len), batch_size=int(config.sft.batch_size),
+                      seed=config.seed + seed_offset)
+
+
 def run(config: ConfigDict, workdir: Path) -> dict:
     from skinr1_jax.model.saved import save_model
     from skinr1_jax.stages.loop import train
@@ -76,7 +86,7 @@ def run(config: ConfigDict, workdir: Path) -> dict:
         save_model(out, model_cfg, variables, tokenizer)
         return {"steps": 0}
     enc = common.encoder(config, tokenizer, model_cfg)
-    source = SFTSource(config, workdir, enc, tokenizer)
+    source = sft_source(config, workdir, enc, tokenizer)
     print(f"[sft] {len(source.items)} items ({len(source.items) / config.sft.batch_size:.0f} "
           f"steps per epoch), {config.sft.steps} steps of {config.sft.batch_size}")
     example = source.example()
