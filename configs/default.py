@@ -90,7 +90,7 @@ def get_config() -> ConfigDict:
     ))
 
     c.rl = ConfigDict(dict(
-        steps=120,
+        steps=240,
         batch_size=8,           # prompts per update; each gets num_generations completions
         num_generations=4,
         temperature=1.0,
