@@ -17,8 +17,9 @@ def get_config() -> ConfigDict:
     c = default.get_config()
     c.workdir = "workdir/ablations"
     # A reduced budget (15 pipelines on 2 CPU cores in under an hour): the main job's data and
-    # pretraining (run once per seed and shared, see skinr1_jax/stages/ablate.py), half its SFT
-    # steps and a third of its RL steps, and the in-domain and open-ended sets only, on the whole test split.
+    # pretraining (run once per seed and shared, see skinr1_jax/stages/ablate.py), half its
+    # SFT steps, a third of its RL steps, and the in-domain and open-ended sets only, on the
+    # whole test split.
     c.sft.steps = 400
     c.rl.steps = 80
     c.eval.models = ("sft_rl",)
