@@ -34,3 +34,20 @@ def test_label_only_datasets_are_refused():
         caption_items([_example(0, []), _example(1, [])])
     with pytest.raises(ValueError, match="nothing to describe"):
         caption([])
+
+
+def test_kept_vision_joins_the_initial_language_model():
+    import numpy as np
+
+    from skinr1_jax.stages.pretrain import kept_variables
+
+    initial = {"params": {"visual": {"w": np.zeros(2)}, "language_model": {"w": np.zeros(3)},
+                          "lm_head": {"w": np.zeros(1)}}}
+    trained = {"params": {"visual": {"w": np.ones(2)}, "language_model": {"w": np.ones(3)},
+                          "lm_head": {"w": np.ones(1)}}}
+    kept = kept_variables(trained, initial, "vision")
+    assert kept["params"]["visual"]["w"].sum() == 2
+    assert kept["params"]["language_model"]["w"].sum() == 0 and kept["params"]["lm_head"]["w"].sum() == 0
+    assert kept_variables(trained, initial, "all") is trained
+    with pytest.raises(ValueError, match="pretrain.keep"):
+        kept_variables(trained, initial, "text")

@@ -16,7 +16,8 @@ def kept_variables(trained: dict, initial: dict, keep: str) -> dict:
     """`all`: the aligned model. `vision`: the aligned vision tower and merger on the initial
     language model, as a captioning-pretrained encoder (CapPa) joins a fresh decoder: a tiny
     language model that has only ever written captions is a worse start for SFT's long
-    reasoning than a random one."""
+    reasoning than a random one (measured on the default: disease-level accuracy after SFT
+    0.083, i.e. chance, with `all`; 0.333 with `vision`)."""
     if keep == "all":
         return trained
     if keep != "vision":
