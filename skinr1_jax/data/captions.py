@@ -32,5 +32,6 @@ def caption_items(examples: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]
               "response": caption(ex["concepts"]), "kind": "caption"}
              for ex in examples if len(ex.get("concepts", ())) > 0]
     if not items:
-        raise ValueError("caption_items: no example has concept annotations to caption")
+        raise ValueError("caption_items: no example has concept annotations to caption; a "
+                         "label-only dataset needs a model that already sees (pretrain.steps=0)")
     return items

@@ -1,5 +1,6 @@
-"""The training loop shared by the `pretrain`, `sft` and `rl` stages: mesh, sharded state, the jitted joint
-step compiled ahead of time, orbax checkpoints with exact resume, progress and metrics.
+"""The training loop shared by the `pretrain`, `sft` and `rl` stages: mesh, sharded state, the
+jitted joint step compiled ahead of time, orbax checkpoints with exact resume, progress and
+metrics.
 
 A stage supplies a `BatchSource`: it turns (state, step) into the step's SFT and/or RL batch
 and owns the data iterators whose positions are saved with every checkpoint.

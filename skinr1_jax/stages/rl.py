@@ -175,7 +175,7 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     from skinr1_jax.model import abstract_variables
     from skinr1_jax.model.saved import save_model
     from skinr1_jax.stages.loop import apply_fn_for, train
-    from skinr1_jax.stages.sft import sft_source
+    from skinr1_jax.stages.sft import sft_source as make_sft_source
     from skinr1_jax.train import sharding
     from skinr1_jax.train.rewards import credit_matrix
     from skinr1_jax.train.step import StepConfig, make_logprob_fn
@@ -192,7 +192,8 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     mesh = sharding.make_mesh(config.mesh)
     var_shardings = sharding.param_shardings(abstract_variables(model_cfg), mesh)
     step_cfg = StepConfig.from_config(config, "rl")
-    sft_source = sft_source(config, workdir, enc, tokenizer, seed_offset=1) if step_cfg.sft else None
+    sft_source = (make_sft_source(config, workdir, enc, tokenizer, seed_offset=1) if step_cfg.sft
+                  else None)
     # The frozen reference is the starting policy (the SFT model), as in the paper; beta = 0
     # skips it and its forward pass.
     ref_variables = (jax.device_put(policy, var_shardings) if float(config.rl.beta) != 0
