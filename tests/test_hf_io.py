@@ -45,18 +45,12 @@ QWEN_7B_CONFIG = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _highest_precision():
-    with jax.default_matmul_precision("highest"):
-        yield
+pytestmark = pytest.mark.usefixtures("highest_precision")
 
 
 @pytest.fixture(scope="module")
-def hf(tmp_path_factory):
-    cfg = tiny_config(300)
-    hf_dir = tmp_path_factory.mktemp("hf")
-    model = write_random_hf_checkpoint(cfg, hf_dir, seed=1)
-    return cfg, hf_dir, model
+def hf(tiny_hf_checkpoint):
+    return tiny_hf_checkpoint
 
 
 def _inputs(batch: dict) -> dict:

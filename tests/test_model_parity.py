@@ -15,8 +15,8 @@ transformers = pytest.importorskip("transformers")
 from transformers import vision_utils  # noqa: E402
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as hf_mod  # noqa: E402
 
-from skinr1_jax.model import forward, get_rope_index, init_cache, tiny_config  # noqa: E402
-from skinr1_jax.model.convert import hf_logits, random_batch, write_random_hf_checkpoint  # noqa: E402
+from skinr1_jax.model import forward, get_rope_index, init_cache  # noqa: E402
+from skinr1_jax.model.convert import hf_logits, random_batch  # noqa: E402
 from skinr1_jax.model.hf_io import load_hf  # noqa: E402
 from skinr1_jax.model.rope import (apply_rotary, mrope_cos_sin, segment_ids, vision_cos_sin,  # noqa: E402
                                    vision_cu_seqlens, vision_position_ids, vision_window_index)
@@ -26,17 +26,12 @@ from skinr1_jax.model.vision import PatchMerger, VisionBlock  # noqa: E402
 TWO_GRIDS = ((1, 8, 8), (1, 6, 10))  # 4 full windows; 2 x 3 windows, some partial
 
 
-@pytest.fixture(autouse=True)
-def _highest_precision():
-    with jax.default_matmul_precision("highest"):
-        yield
+pytestmark = pytest.mark.usefixtures("highest_precision")
 
 
 @pytest.fixture(scope="module")
-def hf(tmp_path_factory):
-    cfg = tiny_config(300)
-    hf_dir = tmp_path_factory.mktemp("hf")
-    model = write_random_hf_checkpoint(cfg, hf_dir, seed=0)
+def hf(tiny_hf_checkpoint):
+    cfg, hf_dir, model = tiny_hf_checkpoint
     loaded_cfg, variables = load_hf(hf_dir)
     assert loaded_cfg == cfg
     return cfg, variables, model
