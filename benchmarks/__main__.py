@@ -87,6 +87,13 @@ def _threads(r: dict[str, Any]) -> str:
     return f" [torch {t['threads']} thread{'s' if t['threads'] > 1 else ''}]" if isinstance(t, dict) else ""
 
 
+def _compared(r: dict[str, Any], target: float) -> str:
+    """The tokens/s of both sides, the ratio and whether it meets `target`: a row's tail."""
+    met = "met" if r["speedup"] >= target else "not met"
+    return (f"tokens/s | {_rate(r['ours'], 'tokens')} | {_rate(r['transformers'], 'tokens')}"
+            f"{_threads(r)} | **{r['speedup']:.2f}x** | >= {target:g}x {met} |")
+
+
 def _side_by_side(b: dict[str, Any]) -> list[str]:
     rows = ["| benchmark | unit | ours | transformers | ratio (ours / transformers) | target |",
             "|---|---|---|---|---|---|"]
@@ -94,18 +101,13 @@ def _side_by_side(b: dict[str, Any]) -> list[str]:
     if s and "ours" in s:
         rows.append(f"| SFT step: forward + backward + AdamW, tiny Qwen2.5-VL ({s['params']:,} "
                     f"params), batch {s['batch_size']} x {s['seq_len']} tokens, one "
-                    f"{s['image_grid_thw'][1] * 8}-px image per row | tokens/s | "
-                    f"{_rate(s['ours'], 'tokens')} | {_rate(s['transformers'], 'tokens')}{_threads(s)} | "
-                    f"**{s['speedup']:.2f}x** | >= {TARGETS['sft_step']:g}x "
-                    f"{'met' if s['speedup'] >= TARGETS['sft_step'] else 'not met'} |")
+                    f"{s['image_grid_thw'][1] * 8}-px image per row | "
+                    + _compared(s, TARGETS["sft_step"]))
     d = b.get("decode")
     if d and "ours" in d:
         rows.append(f"| Decode (rollouts): greedy, batch {d['batch_size']}, prompt "
                     f"{d['prompt_len']} tokens incl. image, {d['new_tokens']} new tokens | "
-                    f"tokens/s | {_rate(d['ours'], 'tokens')} | "
-                    f"{_rate(d['transformers'], 'tokens')}{_threads(d)} | **{d['speedup']:.2f}x** | "
-                    f">= {TARGETS['decode']:g}x "
-                    f"{'met' if d['speedup'] >= TARGETS['decode'] else 'not met'} |")
+                    + _compared(d, TARGETS["decode"]))
     return rows
 
 

@@ -21,6 +21,7 @@ from ml_collections import ConfigDict
 
 from skinr1_jax.config import ConfigError
 from skinr1_jax.model import abstract_variables, forward
+from skinr1_jax.model.hf_io import flatten_tree
 from skinr1_jax.train import checkpoint as ckpt
 from skinr1_jax.train import logging as tlog
 from skinr1_jax.train import optim, sharding
@@ -135,13 +136,12 @@ def train(stage: str, config: ConfigDict, workdir: Path, *, model_cfg: Any, vari
     return TrainResult(jax.device_get(variables), steps, time.time() - t0, metrics)
 
 
-def _flatten(tree: Any, prefix: str) -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(_flatten(value, f"{prefix}.{key}"))
-    return out
+def _leaves(config: dict[str, Any], section: str) -> dict[str, Any]:
+    """{dotted key: value} of one top-level config section (a scalar section is one key)."""
+    value = config.get(section)
+    if not isinstance(value, dict):
+        return {section: value}
+    return {".".join((section, *path)): v for path, v in flatten_tree(value)}
 
 
 def check_resumable(stage: str, saved_text: str, config: ConfigDict, directory: Path) -> None:
@@ -153,7 +153,7 @@ def check_resumable(stage: str, saved_text: str, config: ConfigDict, directory: 
     saved, now = json.loads(saved_text), json.loads(config.to_json())
     changed = []
     for section in RESUME_SECTIONS.get(stage, ()):
-        a, b = _flatten(saved.get(section), section), _flatten(now.get(section), section)
+        a, b = _leaves(saved, section), _leaves(now, section)
         changed += [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
                     if a.get(k) != b.get(k)]
     if changed:
