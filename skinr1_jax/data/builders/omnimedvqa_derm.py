@@ -46,7 +46,7 @@ def match_option(answer: str, options: list[str]) -> str | None:
 class OmnimedvqaDerm(DermBuilder):
     """Evaluation only: every question goes to `test`. Questions keep their own options and
     answer; the answer is also harmonised onto the taxonomy where it names a node (label ""
-    and node -1 otherwise, e.g. "Monkeypox"), and such answers are counted as unmapped. An
+    and node -1 otherwise, e.g. "Normal"), and such answers are counted as unmapped. An
     answer that differs from its option only in case, spacing or a trailing period is read as
     that option; one that matches no option is skipped and counted under `excluded`."""
 
