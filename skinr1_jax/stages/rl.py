@@ -43,6 +43,7 @@ class RolloutSource:
 
     def __init__(self, config: ConfigDict, workdir: Path, *, model_cfg: Any, tokenizer: Any,
                  enc: Any, ref_variables: Any, logprob_fn: Any, sft_source: Any = None):
+        from skinr1_jax.data import tasks
         from skinr1_jax.data.pipeline import BatchIterator, collate_prompts
         from skinr1_jax.train.rewards import ResponseParser
 
@@ -60,8 +61,10 @@ class RolloutSource:
             collate_fn=lambda rows: collate_prompts(rows, self.prompt_len, tokenizer.pad_id,
                                                     batch_size=bs))
         self.grid = common.image_grid(encoded[0])
+        # Read back only the malignancy classes the prompts offer (as build_questions words them).
         self.parser = ResponseParser(think_tag=config.generate.think_tag,
-                                     final_tag=config.generate.final_tag)
+                                     final_tag=config.generate.final_tag,
+                                     malignancy_classes=tasks.malignancy_classes_of(sparse))
         self.samples_path = workdir / "rl_samples.jsonl"
 
     def example_batch(self) -> dict:
