@@ -100,7 +100,8 @@ def get_config() -> ConfigDict:
         learning_rate=2e-4,
         warmup_ratio=0.03,
         beta=0.04,              # KL weight (the paper's); 0 skips the reference forward
-        mu=1,                   # policy updates per rollout batch (>1 uses the clipped ratio)
+        mu=1,                   # updates per rollout batch (>1: clipped ratio vs the sampled
+                                # log-probs; rl.steps counts updates, steps / mu rollout batches)
         clip_low=0.2,
         clip_high=0.2,          # DAPO uses a larger high clip, e.g. 0.28
         scale_std=True,         # False = Dr. GRPO (no std division)

@@ -77,11 +77,11 @@ def validate(config: ConfigDict) -> ConfigDict:
         raise ConfigError("config key 'data.image_size' must be within 64..448 pixels")
     if get(config, "rl.num_generations") < 2:
         raise ConfigError("config key 'rl.num_generations' must be >= 2 for group advantages")
-    if get(config, "rl.mu") > 1:
-        # The step implements the clipped ratio against old_logprobs, but the rl stage makes
-        # one update per rollout batch: refuse rather than silently run mu = 1.
-        raise ConfigError("config key 'rl.mu' > 1 (several updates per rollout batch) is not "
-                          "supported by the rl stage yet; train/step.py supports it")
+    if not 0.0 <= get(config, "rl.clip_low") < 1.0:
+        raise ConfigError("config key 'rl.clip_low' must be in [0, 1): the ratio's lower clip "
+                          "is 1 - clip_low")
+    if get(config, "rl.clip_high") < 0.0:
+        raise ConfigError("config key 'rl.clip_high' must be >= 0")
     if get(config, "model.name") == "hf" and not get(config, "model.hf_dir"):
         raise ConfigError("config key 'model.hf_dir' is required when model.name = 'hf'")
     for model in get(config, "eval.models"):

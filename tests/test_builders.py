@@ -125,6 +125,39 @@ def test_ham10000(ham, tax):
     assert set(split_of) == {r["image_id"] for r in rows if r["dx"] != "unk"} | {g["image"] for g in gt}
 
 
+@pytest.mark.parametrize("name, delimiter", [("HAM10000_metadata", "\t"), ("HAM10000_metadata.tab", "\t"),
+                                             ("HAM10000_metadata.csv", ",")])
+def test_ham10000_metadata_delimiter_is_sniffed(tmp_path, tax, name, delimiter):
+    # The Dataverse serves the metadata as HAM10000_metadata (no extension) or .tab, tab-separated
+    # with quoted strings; the suffix says nothing about the delimiter.
+    man = tmp_path / "manual"
+    rows = []
+    for i, dx in enumerate(("nv", "mel", "bkl", "bcc", "akiec", "vasc", "df", "nv")):
+        image_id = f"ISIC_{i:07d}"
+        _image(man / "HAM10000_images_part_1" / f"{image_id}.jpg", i)
+        rows.append(dict(lesion_id=f"HAM_{i:07d}", image_id=image_id, dx=dx, dx_type="histo", age="50.0",
+                         sex="female", localization="back"))
+    path = man / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=delimiter, quoting=csv.QUOTE_NONNUMERIC)
+        w.writeheader()
+        w.writerows(rows)
+    _, read = _build("ham10000", tmp_path, man)
+    by_id = {ex["id"]: ex for exs in read.values() for ex in exs}
+    assert sorted(by_id) == [r["image_id"] for r in rows]
+    assert by_id["ISIC_0000001"]["label"] == "melanoma" and by_id["ISIC_0000001"]["group"] == "HAM_0000001"
+
+
+def test_table_without_the_columns_names_file_and_delimiter(tmp_path):
+    man = tmp_path / "manual"
+    _image(man / "HAM10000_images_part_1" / "ISIC_0000000.jpg", 0)
+    (man / "HAM10000_metadata").write_text("lesion_id|image_id|dx\nHAM_1|ISIC_0000000|nv\n")
+    with pytest.raises(DatasetFormatError, match=r"HAM10000_metadata: missing column\(s\) \['lesion_id', "
+                                                 r"'image_id', 'dx'\].*read as ','-separated"):
+        BUILDERS["ham10000"](data_dir=str(tmp_path / "d"), manual_dir=str(man)).download_and_prepare()
+
+
 @pytest.fixture(scope="module")
 def bcn(tmp_path_factory):
     root = tmp_path_factory.mktemp("bcn")
@@ -292,36 +325,56 @@ def test_derm12345_codes_and_hierarchy_fallback(derm12345, tax):
             _assert_example(ex, tax, "derm12345")
 
 
+# Real DermNet file names: the Kaggle mirror's `<name>-<idx>.jpg`, with capitals, and DermNet
+# NZ's chapter-numbered names, glued (`03angularcheilitis-1`) or CamelCase (`07Acne081101`).
+DERMNET_FILES = {
+    "basal-cell-carcinoma-face-3.jpg": "basal cell carcinoma",
+    "seborrheic-keratoses-ruff-7.jpg": "seborrheic keratosis",
+    "Psoriasis-Chronic-Plaque-12.jpg": "psoriasis",
+    "tinea-body-127.jpg": "tinea corporis",
+    "tinea-groin-4.jpg": "tinea cruris",
+    "onycholysis-2.jpg": "onycholysis",
+    "dermatitis-herpetiformis-5.jpg": "dermatitis herpetiformis",
+    "sunburn-3.jpg": "sunburn",
+    "03angularcheilitis-1.jpg": "cheilitis",
+    "07Acne081101.jpg": "acne",
+    "03EczemaExcoriated.jpg": "eczema",
+    "13Intertrigo2.jpg": "intertrigo",
+    "08SebDerm11.jpg": "seborrheic dermatitis",
+    "melanoma-mimic-2.jpg": None,              # reviewed: no single diagnosis
+    "hair-loss-unknown-1.jpg": None,           # not in the table; "hair" is reviewed as no home
+}
+
+
 @pytest.fixture(scope="module")
 def dermnet(tmp_path_factory):
     root = tmp_path_factory.mktemp("dermnet")
     man = root / "manual"
-    names = ("basal-cell-carcinoma-face", "seborrheic-keratoses-ruff", "melanoma", "psoriasis-chronic-plaque",
-             "tinea-body", "kaposi-sarcoma", "hair-loss-unknown")
-    files = []
-    for split, n in (("train", 14), ("test", 7)):
-        for i in range(n):
-            name = names[i % len(names)]
-            f = man / split / "Assorted Category Photos" / f"{name}-{i + 1}.jpg"
-            _image(f, i)
-            files.append(f)
-    _image(man / "train" / "Assorted Category Photos" / "03EczemaExcoriated.jpg", 99)
-    return (*_build("dermnet", root, man), files)
+    for i, name in enumerate(DERMNET_FILES):
+        for split in ("train", "test"):
+            _image(man / split / "Assorted Category Photos" / name, i)
+    _image(man / "train" / "Assorted Category Photos" / "12345.jpg", 99)   # no name at all
+    return _build("dermnet", root, man)
 
 
 def test_dermnet_names_from_files(dermnet, tax):
-    builder, read, files = dermnet
-    by_raw = {ex["raw_label"]: ex for exs in read.values() for ex in exs}
-    assert by_raw["basal cell carcinoma face"]["label"] == "basal cell carcinoma"
-    assert by_raw["seborrheic keratoses ruff"]["label"] == "seborrheic keratosis"
-    assert by_raw["tinea body"]["label"] == "tinea corporis"
-    assert {ex["category"] for exs in read.values() for ex in exs} == {"Assorted Category Photos"}
-    assert len(read["test"]) == 6 and len(read["train"]) + len(read["validation"]) == 12
-    assert builder.report.unparsed == ["train/Assorted Category Photos/03EczemaExcoriated.jpg"]
-    assert builder.report.unmapped == Counter({"hair loss unknown": 3})
+    builder, read = dermnet
+    by_file = {}
     for exs in read.values():
         for ex in exs:
             _assert_example(ex, tax, "dermnet")
+            by_file[ex["id"].split("/")[-1]] = ex
+    for name, label in DERMNET_FILES.items():
+        stem = Path(name).stem
+        assert (by_file[stem]["label"] if stem in by_file else None) == label, name
+    assert {ex["category"] for ex in by_file.values()} == {"Assorted Category Photos"}
+    assert len(read["test"]) == 13 and len(read["train"]) + len(read["validation"]) == 13
+    # every file is mapped, reported unmapped with its count, or reported as unparsed
+    report = builder.report
+    assert report.unparsed == ["train/Assorted Category Photos/12345.jpg"]
+    assert report.unmapped == Counter({"melanoma mimic": 2, "hair loss unknown": 2})
+    assert report.num_mapped + report.num_unmapped + len(report.unparsed) == 2 * len(DERMNET_FILES) + 1
+    assert report.mapped["angularcheilitis"] == 2 and report.mapped["acne"] == 2
 
 
 @pytest.fixture(scope="module")
@@ -411,19 +464,25 @@ def skincon(tmp_path_factory):
                                                             for c in columns},
                     "Do not consider this image": "1" if i == 11 else "0"})
     _csv(man / "fitzpatrick17k.csv", fitz_rows)
-    _csv(man / "SKINCON Fitzpatrick17k annotations.csv", ann)
-    ddi_rows = _ddi_folder(man, n=6)
-    _csv(man / "SKINCON DDI annotations.csv",
-         [{"ImageID": r["DDI_file"], **{c: str(int(c == "Nodule")) for c in columns},
-           "Do not consider this image": "0"} for r in ddi_rows])
+    # The names and header of the files skincon-dataset.github.io/files/ serves: an unnamed index
+    # column, ImageID, the 48 concepts, the exclusion flag.
+    _csv(man / "annotations_fitzpatrick17k.csv", ann, ["", "ImageID", *columns, "Do not consider this image"])
+    ddi_rows = _ddi_folder(man, n=10)
+    _csv(man / "annotations_ddi.csv",
+         [{"": str(i), "ImageID": r["DDI_file"], **{c: str(int(c == "Nodule")) for c in columns},
+           "Do not consider this image": "1" if i == 9 else "0"} for i, r in enumerate(ddi_rows)])
     return _build("skincon", root, man)
 
 
 def test_skincon_concepts_on_both_sources(skincon, tax):
     builder, read = skincon
     exs = [ex for v in read.values() for ex in v]
-    assert Counter(ex["source"] for ex in exs) == Counter({"fitzpatrick17k": 11, "ddi": 6})
-    assert builder.report.excluded == Counter({"fitzpatrick17k: Do not consider this image": 1})
+    # DDI rows 0..8 kept (row 9 flagged); row 7's "mystery-disease" has no node: reported, not kept
+    assert Counter(ex["source"] for ex in exs) == Counter({"fitzpatrick17k": 11, "ddi": 8})
+    assert builder.report.excluded == Counter({"fitzpatrick17k: Do not consider this image": 1,
+                                               "ddi: Do not consider this image": 1})
+    assert builder.report.unmapped == Counter({"mystery-disease": 1})
+    assert builder.report.num_mapped == 19
     for ex in exs:
         _assert_example(ex, tax, "skincon")
         n = int(ex["id"].split("/")[1], 16) if ex["source"] == "fitzpatrick17k" else None
@@ -438,7 +497,7 @@ def omni(tmp_path_factory):
     man = root / "manual"
     qa = man / "QA_information" / "Open-access"
     entries = []
-    answers = ("Melanoma", "Melanocytic nevi", "Monkeypox", "Basal cell carcinoma")
+    answers = ("Melanoma", "Melanocytic nevi", "Normal", "Basal cell carcinoma")
     for i in range(8):
         img = f"Images/ISIC2018/ISIC_{i:07d}.jpg"
         _image(man / img, i)
@@ -447,6 +506,12 @@ def omni(tmp_path_factory):
                             question="What disease is shown in this image?", gt_answer=answers[i % 4],
                             image_path=img, option_A=answers[i % 4], option_B="Dermatofibroma",
                             option_C="Psoriasis", option_D="Vitiligo"))
+    # As in the released files: an answer that differs from its option by a trailing period and
+    # case, and one whose answer is none of its options.
+    entries[3]["gt_answer"] = "basal cell carcinoma."
+    _image(man / "Images/ISIC2018/ISIC_0000100.jpg", 100)
+    entries.append(dict(entries[0], question_id="isic_bad", gt_answer="Eczema",
+                        image_path="Images/ISIC2018/ISIC_0000100.jpg"))
     qa.mkdir(parents=True)
     (qa / "ISIC2018.json").write_text(json.dumps(entries))
     (qa / "Chest CT Scan.json").write_text(json.dumps([dict(entries[0], image_path="missing.png")]))
@@ -462,9 +527,13 @@ def test_omnimedvqa_derm_keeps_questions(omni, tax):
     assert first["answer"] == "Melanoma" and first["options"][0] == "Melanoma" and len(first["options"]) == 4
     assert first["label"] == "melanoma" and first["question"].startswith("What disease")
     assert exs["ISIC2018/isic_1"]["label"] == "nevocytic nevus"
-    mpox = exs["ISIC2018/isic_2"]
-    assert mpox["label"] == "" and mpox["node"] == -1 and mpox["path"] == []
-    assert builder.report.unmapped == Counter({"Monkeypox": 1})
+    normal = exs["ISIC2018/isic_2"]
+    assert normal["label"] == "" and normal["node"] == -1 and normal["path"] == []
+    assert builder.report.unmapped == Counter({"Normal": 1})
+    bcc = exs["ISIC2018/isic_3"]
+    assert bcc["answer"] == bcc["options"][0] == "Basal cell carcinoma" and bcc["label"] == "basal cell carcinoma"
+    assert "ISIC2018/isic_bad" not in exs
+    assert builder.report.excluded == Counter({"gt_answer matches none of its options": 1})
 
 
 # ---- bad input ---------------------------------------------------------------------------------
@@ -506,6 +575,21 @@ def test_missing_folder_is_named(tmp_path):
         BUILDERS["ham10000"](data_dir=str(tmp_path / "d"), manual_dir=str(missing)).download_and_prepare()
     with pytest.raises(DatasetFormatError, match="ham10000"):
         BUILDERS["ham10000"](data_dir=str(tmp_path / "d")).download_and_prepare()
+
+
+def test_skincon_errors_name_the_culprit(tmp_path):
+    man = tmp_path / "manual"
+    man.mkdir()
+    with pytest.raises(DatasetFormatError, match=r"no annotation file.*annotations_fitzpatrick17k\.csv.*"
+                                                 r"annotations_ddi\.csv"):
+        BUILDERS["skincon"](data_dir=str(tmp_path / "d"), manual_dir=str(man)).download_and_prepare()
+    rows = _ddi_folder(man, n=2)
+    _csv(man / "annotations_ddi.csv", [{"": "0", "ImageID": "999999.png", **{c: "0" for c in SKINCON_COLUMNS.values()},
+                                        "Do not consider this image": "0"}])
+    with pytest.raises(DatasetFormatError, match=r"annotations_ddi\.csv row 2: ImageID '999999\.png' is not in "
+                                                 r".*ddi_metadata\.csv"):
+        BUILDERS["skincon"](data_dir=str(tmp_path / "d"), manual_dir=str(man)).download_and_prepare()
+    assert rows
 
 
 def test_on_bad_image_is_validated():

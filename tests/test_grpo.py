@@ -133,3 +133,51 @@ def test_token_mean_denominator_is_global():
     s1, _, _ = grpo.grpo_loss(lp[:2], mask[:2], adv[:2], beta=0.0, loss_agg="token_mean")
     s2, _, _ = grpo.grpo_loss(lp[2:], mask[2:], adv[2:], beta=0.0, loss_agg="token_mean")
     np.testing.assert_allclose(float((s1 + s2) / 7), float(s / c), rtol=1e-6)
+
+
+@pytest.mark.parametrize("agg", ["seq_mean", "token_mean"])
+def test_clipped_loss_at_the_sampling_policy_equals_the_on_policy_loss(agg):
+    # mu > 1, first update on fresh rollouts: old = logp, ratio 1, nothing clipped, so value
+    # and gradient are the mu = 1 loss's.
+    rng = np.random.default_rng(1)
+    logp = jnp.asarray(np.log(rng.uniform(0.05, 0.9, (4, 5))).astype(np.float32))
+    ref = logp + 0.1
+    mask = jnp.asarray(np.array([[0, 1, 1, 1, 0], [0, 1, 1, 0, 0], [0, 0, 0, 0, 0],
+                                 [0, 1, 1, 1, 1]], np.float32))
+    adv = jnp.array([1.0, -0.5, 0.3, -2.0])
+    kw = dict(ref_logprobs=ref, beta=0.04, clip_low=0.2, clip_high=0.28, loss_agg=agg)
+    on = lambda lp: grpo.grpo_loss(lp, mask, adv, **kw)[0]
+    clipped = lambda lp: grpo.grpo_loss(lp, mask, adv, old_logprobs=logp, **kw)[0]
+    np.testing.assert_allclose(float(clipped(logp)), float(on(logp)), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(jax.grad(clipped)(logp)), np.asarray(jax.grad(on)(logp)),
+                               rtol=1e-6, atol=1e-7)
+    assert float(grpo.grpo_loss(logp, mask, adv, old_logprobs=logp, **kw)[2]["clip_frac"]) == 0.0
+
+
+def test_clipped_tokens_get_no_policy_gradient():
+    # A > 0 and r above 1 + clip_high (or A < 0 and r below 1 - clip_low): the min picks the
+    # constant clipped surrogate, so only the in-range token moves.
+    old = jnp.zeros((1, 4))
+    logp = jnp.log(jnp.array([[1.0, 1.5, 1.1, 0.5]]))          # r = 1, 1.5, 1.1, 0.5
+    mask = jnp.array([[0.0, 1.0, 1.0, 1.0]])
+    g_pos = jax.grad(lambda lp: grpo.grpo_loss(lp, mask, jnp.array([1.0]), old_logprobs=old, beta=0.0,
+                                               clip_low=0.2, clip_high=0.2, loss_agg="token_mean")[0])(logp)
+    np.testing.assert_allclose(np.asarray(g_pos), [[0.0, 0.0, -1.1, -0.5]], rtol=1e-6)
+    g_neg = jax.grad(lambda lp: grpo.grpo_loss(lp, mask, jnp.array([-1.0]), old_logprobs=old, beta=0.0,
+                                               clip_low=0.2, clip_high=0.2, loss_agg="token_mean")[0])(logp)
+    np.testing.assert_allclose(np.asarray(g_neg), [[0.0, 1.5, 1.1, 0.0]], rtol=1e-6)
+
+
+def test_config_accepts_mu_and_checks_the_clip_range():
+    from configs.default import get_config
+    from skinr1_jax.config import ConfigError, validate
+
+    c = get_config()
+    c.rl.mu = 4
+    validate(c)
+    c.rl.clip_low = 1.0
+    with pytest.raises(ConfigError, match="rl.clip_low"):
+        validate(c)
+    c.rl.clip_low, c.rl.clip_high = 0.2, -0.1
+    with pytest.raises(ConfigError, match="rl.clip_high"):
+        validate(c)

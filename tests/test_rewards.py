@@ -45,6 +45,35 @@ def test_option_and_malignancy_parsing_like_the_paper():
     assert out["format_ok"].dtype == np.int32 and out["format_ok"].shape == (8,)
 
 
+def test_malignancy_read_only_among_the_offered_classes():
+    from skinr1_jax.data import prompts
+
+    m = {c: i for i, c in enumerate(MALIGNANCY_CLASSES)}
+    paper = rewards.ResponseParser(malignancy_classes=prompts.PAPER_MALIGNANCY_CLASSES)
+    every = rewards.ResponseParser(malignancy_classes=MALIGNANCY_CLASSES)
+    # The paper's prompt offers benign / malignant / precancerous in situ only: "non-neoplastic"
+    # is no answer to it, and an offered word elsewhere in the field still is.
+    assert paper.malignancy("B non-neoplastic") == -1
+    assert every.malignancy("B non-neoplastic") == m["non_neoplastic"]
+    assert paper.malignancy("A: benign epidermal, non-neoplastic") == m["benign"]
+    assert every.malignancy("A: benign epidermal, non-neoplastic") == m["non_neoplastic"]
+    assert paper.malignancy("C precancerous in situ") == m["precancerous_in_situ"]
+    # "non-malignant" is not the class "malignant"
+    assert every.malignancy("D non-malignant") == -1
+    assert every.malignancy("D non-malignant, benign") == m["benign"]
+    # the prompt and the parser agree on the words: every offered class, as the prompt writes it,
+    # is read back as itself
+    for classes in (prompts.PAPER_MALIGNANCY_CLASSES, MALIGNANCY_CLASSES):
+        p = rewards.ResponseParser(malignancy_classes=classes)
+        for c in classes:
+            assert p.malignancy(f"A. {prompts.MALIGNANCY_TEXT[c]}") == m[c], (classes, c)
+    out = rewards.parse_responses(["<final diagnosis>B non-neoplastic</final diagnosis>"],
+                                  malignancy_classes=("benign", "malignant"))
+    assert out["malignancy_pred"].tolist() == [-1]
+    with pytest.raises(ValueError, match="malignancy_classes"):
+        rewards.ResponseParser(malignancy_classes=("benign", "cancer"))
+
+
 def test_strict_parsing_rejects_multi_answers_and_free_text():
     p = rewards.ResponseParser(strict=True)
     assert p.option("B: psoriasis") == 1

@@ -1,6 +1,7 @@
 """The joint step: compile counts per variant, exact accumulation, LoRA freezing, the
 reference log-prob function, AOT memory report; and the metrics writers."""
 
+import dataclasses
 import json
 import os
 import struct
@@ -131,6 +132,33 @@ def test_logprob_fn_matches_direct_computation():
                                      jax.random.PRNGKey(0), True)
     expect = np.asarray(losses.token_logprobs(logits, jnp.asarray(jax.device_get(rl)["input_ids"]), 0.7))
     np.testing.assert_allclose(lp, expect, rtol=1e-5, atol=1e-5)
+
+
+def test_inner_updates_on_one_rollout_batch_lower_its_loss():
+    # rl.mu = 3: three updates on the same rollouts, the ratio taken against the log-probs the
+    # rollout was sampled with (here: the starting policy's, at the sampling temperature).
+    t = 0.7
+    cfg = stp.StepConfig(lambda_sft=0.0, lambda_rl=1.0, mu=3, beta=0.0, temperature=t,
+                         clip_low=0.2, clip_high=0.28)
+    step, state, sh, mesh, _, rl, tcfg = setup(cfg, opt=optax.sgd(0.5))
+    on_policy, _, _, _, _, _, _ = setup(dataclasses.replace(cfg, mu=1), opt=optax.sgd(0.5))
+    var_sh = st.merge_variables(sh.trainable, sh.frozen)
+    rl = dict(jax.device_get(rl))
+    rl["old_logprobs"] = np.asarray(stp.make_logprob_fn(toy.make_apply_fn(tcfg), t, mesh, var_sh)(
+        state.variables, rl))
+    without_old = shd.shard_batch({k: v for k, v in rl.items() if k != "old_logprobs"}, mesh)
+    first = on_policy(jax.tree.map(jnp.copy, state), None, without_old)[1]
+    rl = shd.shard_batch(rl, mesh)
+    seen = []
+    for _ in range(cfg.mu):
+        state, metrics = step(state, None, rl)
+        seen.append({k: float(v) for k, v in metrics.items()})
+    assert float(jax.device_get(metrics["adv/nonzero_group_share"])) > 0
+    # update 1 is the on-policy update (ratio 1, nothing clipped); later ones lower the loss
+    np.testing.assert_allclose(seen[0]["rl_loss"], float(first["rl_loss"]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(seen[0]["grad_norm"], float(first["grad_norm"]), rtol=1e-4)
+    assert seen[0]["clip_frac"] == 0.0
+    assert seen[2]["rl_loss"] < seen[1]["rl_loss"] < seen[0]["rl_loss"], [m["rl_loss"] for m in seen]
 
 
 def test_missing_inputs_are_clear_errors():

@@ -43,6 +43,7 @@ class RolloutSource:
 
     def __init__(self, config: ConfigDict, workdir: Path, *, model_cfg: Any, tokenizer: Any,
                  enc: Any, ref_variables: Any, logprob_fn: Any, sft_source: Any = None):
+        from skinr1_jax.data import tasks
         from skinr1_jax.data.pipeline import BatchIterator, collate_prompts
         from skinr1_jax.train.rewards import ResponseParser
 
@@ -60,8 +61,14 @@ class RolloutSource:
             collate_fn=lambda rows: collate_prompts(rows, self.prompt_len, tokenizer.pad_id,
                                                     batch_size=bs))
         self.grid = common.image_grid(encoded[0])
+        # rl.mu > 1: each rollout batch serves mu consecutive updates (the step clips the ratio
+        # against its sampled log-probs); this holds the batch of the current cycle.
+        self.mu = int(config.rl.mu)
+        self._rollout: tuple[dict, dict] | None = None
+        # Read back only the malignancy classes the prompts offer (as build_questions words them).
         self.parser = ResponseParser(think_tag=config.generate.think_tag,
-                                     final_tag=config.generate.final_tag)
+                                     final_tag=config.generate.final_tag,
+                                     malignancy_classes=tasks.malignancy_classes_of(sparse))
         self.samples_path = workdir / "rl_samples.jsonl"
 
     def example_batch(self) -> dict:
@@ -75,6 +82,17 @@ class RolloutSource:
         return self._assemble(prompts, fake, np.ones(rows, np.int32), [""] * rows)
 
     def batches(self, state, step: int):
+        sft_batch = self.sft_source.next() if self.sft_source is not None else None
+        if self.mu > 1 and step % self.mu and self._rollout is not None:
+            # Inner update k of mu: same rollouts, rewards and sampled log-probs. (A run resumed
+            # mid-cycle has no cached batch and starts its cycle with fresh rollouts.)
+            rl_batch, extra = self._rollout
+            return sft_batch, rl_batch, extra
+        rl_batch, extra = self._rollout_batch(state, step)
+        self._rollout = (rl_batch, extra) if self.mu > 1 else None
+        return sft_batch, rl_batch, extra
+
+    def _rollout_batch(self, state, step: int) -> tuple[dict, dict]:
         from skinr1_jax.rollout import sample_batch
 
         prompts = next(self.iterator)
@@ -84,16 +102,18 @@ class RolloutSource:
                                temperature=float(self.config.rl.temperature),
                                top_k=int(self.config.rl.top_k), top_p=float(self.config.rl.top_p),
                                max_new_tokens=int(self.config.rl.max_new_tokens), rng=rng)
-        rl_batch = self._assemble(prompts, rollout.tokens, rollout.lengths, rollout.texts)
+        rl_batch = self._assemble(prompts, rollout.tokens, rollout.lengths, rollout.texts,
+                                  sampling_variables=state.variables)
         if step % SAMPLE_LOG_EVERY == 0:
             self._log_samples(step, prompts, rollout.texts)
-        sft_batch = self.sft_source.next() if self.sft_source is not None else None
         extra = {"format_rate": float(np.mean(rl_batch["format_ok"])),
                  "mean_length": float(np.mean(rollout.lengths))}
-        return sft_batch, rl_batch, extra
+        return rl_batch, extra
 
     def _assemble(self, prompts: Mapping[str, Any], tokens: np.ndarray, lengths: np.ndarray,
-                  texts: list[str]) -> dict:
+                  texts: list[str], sampling_variables: Any = None) -> dict:
+        """The GRPO batch; with mu > 1 its old_logprobs are the sampling policy's (zeros when
+        `sampling_variables` is None: the example batch, which only gives shapes)."""
         from skinr1_jax.eval.evaluate import answer_node
         from skinr1_jax.train.grpo import assign_group_ids
 
@@ -131,6 +151,12 @@ class RolloutSource:
             batch["node_pred"] = parsed["node_pred"]
             batch["node_true"] = rep(prompts["node_true"]).astype(np.int32)
             batch["is_open"] = rep(prompts["is_open"]).astype(np.int32)
+        if self.mu > 1:
+            # The sampled tokens' log-probs under the sampling policy, from the step's own forward
+            # (as TRL does for num_iterations > 1): the sampler's differ slightly (it renormalises
+            # over the ids it suppresses), and the first update's ratio must be exactly 1.
+            batch["old_logprobs"] = (np.zeros(input_ids.shape, np.float32) if sampling_variables is None
+                                     else np.asarray(self.logprob_fn(sampling_variables, batch)))
         if float(self.config.rl.beta) != 0:
             batch["ref_logprobs"] = np.asarray(self.logprob_fn(self.ref_variables, batch))
         return batch
@@ -201,7 +227,7 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     source = RolloutSource(config, workdir, model_cfg=model_cfg, tokenizer=tokenizer, enc=enc,
                            ref_variables=ref_variables, logprob_fn=None, sft_source=sft_source)
     grid = source.grid
-    if ref_variables is not None:
+    if ref_variables is not None or int(config.rl.mu) > 1:      # ref_logprobs, old_logprobs
         source.logprob_fn = make_logprob_fn(apply_fn_for(model_cfg, grid),
                                             float(config.rl.temperature), mesh, var_shardings)
     credit = None

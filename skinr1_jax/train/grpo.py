@@ -80,8 +80,11 @@ def grpo_loss(logprobs: jax.Array, completion_mask: jax.Array, advantages: jax.A
     """GRPO policy loss: (sum, count, metrics); the loss is sum / count.
 
     Without `old_logprobs` (mu = 1), the paper's single on-policy step: per token
-    -(exp(logp - sg(logp)) * A - beta * KL). With them (mu > 1), the clipped objective
-    max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)) + beta * KL, r = exp(logp - old).
+    -(exp(logp - sg(logp)) * A - beta * KL). With them (mu > 1: the sampled tokens' log-probs
+    under the policy that sampled them, reused for mu updates), the clipped objective (PPO / TRL / Tunix GRPO)
+    max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)) + beta * KL, r = exp(logp - old): the
+    per-token min of the clipped and unclipped surrogates. With old = logp (the first update on
+    fresh rollouts) r = 1, so value and gradient equal the on-policy loss.
     KL is the k3 estimator exp(ref - logp) - (ref - logp) - 1; beta = 0 needs no reference.
     seq_mean: mean over each sequence's tokens then over sequences; token_mean: over tokens.
     metrics are token means over this batch (kl, clip_frac, entropy) plus `tokens`.

@@ -36,7 +36,23 @@ _MALIGNANCY_WORDS = {
     "malignant": "malignant",
     "non-neoplastic": "non_neoplastic",
 }
-_MALIGNANCY_RE = re.compile(r"\b(benign|precancerous|malignant|non[-_ ]neoplastic)\b", re.I)
+# The pattern of each class's word; "non-malignant" is not "malignant".
+_CLASS_PATTERNS = {
+    "benign": "benign",
+    "precancerous_in_situ": "precancerous",
+    "malignant": "malignant",
+    "non_neoplastic": "non[-_ ]neoplastic",
+}
+
+
+def _malignancy_re(classes: Sequence[str]) -> re.Pattern:
+    """A pattern matching the words of `classes` only."""
+    unknown = [c for c in classes if c not in _CLASS_PATTERNS]
+    if unknown or not classes:
+        raise ValueError(f"malignancy_classes {tuple(classes)}: expected a non-empty subset of "
+                         f"{MALIGNANCY_CLASSES}")
+    words = "|".join(_CLASS_PATTERNS[c] for c in classes)
+    return re.compile(rf"(?<!non[-_ ])\b({words})\b", re.I)
 # The paper's option parser: effectively the first letter of the final field.
 _OPTION_RE = re.compile(r"[:\(\s]*([A-Z])[:\)\s]*", re.I)
 _STRICT_OPTION_RE = re.compile(r"^\s*[\(\[]?([A-Z])(?![A-Za-z])")
@@ -60,8 +76,13 @@ class ResponseParser:
     final_tag: str = "final diagnosis"
     num_options: int = 4
     strict: bool = False   # True: the final field must start with the letter, one letter only
+    # The classes the prompt offers (tasks.TaskFormat.malignancy_classes): a word of a class it
+    # does not offer ("non-neoplastic" under the paper's three) is not an answer.
+    malignancy_classes: tuple[str, ...] = MALIGNANCY_CLASSES
 
     def __post_init__(self):
+        object.__setattr__(self, "malignancy_classes", tuple(self.malignancy_classes))
+        object.__setattr__(self, "_malignancy_re", _malignancy_re(self.malignancy_classes))
         t, f = re.escape(self.think_tag), re.escape(self.final_tag)
         object.__setattr__(self, "_format_re", re.compile(
             rf"^\s*<{t}>.*?</{t}>\s*<{f}>.*?</{f}>\s*$", re.I | re.S))
@@ -97,7 +118,7 @@ class ResponseParser:
             return NONE
         # The last class word, not the paper's first: an option may itself be a group named
         # "malignant ..." or "benign ..." ("C: malignant epidermal, precancerous in situ").
-        words = _MALIGNANCY_RE.findall(final)
+        words = self._malignancy_re.findall(final)
         return NONE if not words else malignancy_index(words[-1])
 
     def __call__(self, texts: Sequence[str],
@@ -118,9 +139,11 @@ class ResponseParser:
 
 def parse_responses(texts: Sequence[str], *, think_tag: str = "thinking",
                     final_tag: str = "final diagnosis", num_options: int = 4,
-                    resolver: Callable[[str], int] | None = None, strict: bool = False
+                    resolver: Callable[[str], int] | None = None, strict: bool = False,
+                    malignancy_classes: Sequence[str] = MALIGNANCY_CLASSES
                     ) -> dict[str, np.ndarray]:
-    return ResponseParser(think_tag, final_tag, num_options, strict)(texts, resolver)
+    return ResponseParser(think_tag, final_tag, num_options, strict,
+                          tuple(malignancy_classes))(texts, resolver)
 
 
 def credit_matrix(mode: str, *, distance: np.ndarray | None = None,

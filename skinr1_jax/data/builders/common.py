@@ -101,11 +101,29 @@ def find_file(root: Path, names: Sequence[str], what: str) -> Path:
     raise DatasetFormatError(f"{what} not found in {root}: expected one of {list(names)}")
 
 
+DELIMITERS = (",", "\t", ";")
+
+
+def sniff_delimiter(header_line: str) -> str:
+    """The delimiter of a table from its header line: the candidate that occurs most often.
+
+    The suffix is no guide: HAM10000's metadata is served as `.csv`, as a Dataverse `.tab` and
+    as `HAM10000_metadata` with no extension (tab-separated). Column names contain none of
+    these characters, so the most frequent one splits the header; ties (a one-column file)
+    read as comma-separated.
+    """
+    counts = {d: header_line.count(d) for d in DELIMITERS}
+    best = max(DELIMITERS, key=lambda d: counts[d])
+    return best if counts[best] > 0 else ","
+
+
 def read_table(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
-    """Rows of a CSV (or Dataverse .tab) file, checking that the `required` columns exist."""
-    delimiter = "\t" if path.suffix.lower() in (".tab", ".tsv") else ","
+    """Rows of a comma-, tab- or semicolon-separated file (delimiter sniffed from the header,
+    whatever the suffix), checking that the `required` columns exist."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
+            delimiter = sniff_delimiter(f.readline())
+            f.seek(0)
             reader = csv.DictReader(f, delimiter=delimiter)
             header = [h.strip().strip('"') for h in (reader.fieldnames or [])]
             reader.fieldnames = header
@@ -117,7 +135,8 @@ def read_table(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
         raise DatasetFormatError(f"cannot read metadata file {path}: {e}") from None
     missing = [c for c in required if c not in header]
     if missing:
-        raise DatasetFormatError(f"{path}: missing column(s) {missing}; found {header}")
+        raise DatasetFormatError(f"{path}: missing column(s) {missing}; found {header} "
+                                 f"(read as {delimiter!r}-separated)")
     return rows
 
 

@@ -23,7 +23,8 @@ class Ham10000(DermBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Download HAM10000 from the Harvard Dataverse (doi:10.7910/DVN/DBW86T, CC BY-NC 4.0) and
     unpack into manual_dir:
-      HAM10000_metadata.csv (or .tab)      columns lesion_id,image_id,dx,dx_type,age,sex,localization
+      HAM10000_metadata.csv (or .tab, or HAM10000_metadata with no extension; comma- or
+        tab-separated)                     columns lesion_id,image_id,dx,dx_type,age,sex,localization
       HAM10000_images_part_1/ISIC_*.jpg, HAM10000_images_part_2/ISIC_*.jpg
     Optional official test set (ISIC 2018 Task 3, challenge.isic-archive.com):
       ISIC2018_Task3_Test_GroundTruth.csv  one-hot image,MEL,NV,BCC,AKIEC,BKL,DF,VASC (or image_id,dx)

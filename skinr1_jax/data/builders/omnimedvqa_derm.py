@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
 import tensorflow_datasets as tfds
 
 from skinr1_jax.data.builders.common import DatasetFormatError, DermBuilder, RawRecord
+
+log = logging.getLogger(__name__)
 
 QUESTION_TYPE = "Disease Diagnosis"
 DERM_SUBSETS = ("Fitzpatrick 17k", "ISBI2016", "ISIC2018", "ISIC2019", "ISIC2020",
@@ -17,14 +20,35 @@ _REQUIRED = ("question_type", "question", "gt_answer", "image_path")
 _OPTIONS = ("option_A", "option_B", "option_C", "option_D", "option_E")
 
 
+ANSWER_NOT_AN_OPTION = "gt_answer matches none of its options"
+
+
 def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _answer_key(text: str) -> str:
+    """Case, inner whitespace and trailing punctuation do not make a different answer: the
+    released files have answers such as "Melanoma." against the option "Melanoma"."""
+    return " ".join(str(text).split()).rstrip(" .;,").casefold()
+
+
+def match_option(answer: str, options: list[str]) -> str | None:
+    """The option `answer` names (verbatim first, then normalised); None when none or several
+    options match."""
+    answer = str(answer).strip()
+    if answer in options:
+        return answer
+    hits = [o for o in options if _answer_key(o) == _answer_key(answer)]
+    return hits[0] if len(hits) == 1 else None
 
 
 class OmnimedvqaDerm(DermBuilder):
     """Evaluation only: every question goes to `test`. Questions keep their own options and
     answer; the answer is also harmonised onto the taxonomy where it names a node (label ""
-    and node -1 otherwise, e.g. "Monkeypox"), and such answers are counted as unmapped."""
+    and node -1 otherwise, e.g. "Normal"), and such answers are counted as unmapped. An
+    answer that differs from its option only in case, spacing or a trailing period is read as
+    that option; one that matches no option is skipped and counted under `excluded`."""
 
     name = "omnimedvqa_derm"
     LABEL_MAP = "omnimedvqa"
@@ -75,12 +99,17 @@ class OmnimedvqaDerm(DermBuilder):
                 if q["question_type"] != QUESTION_TYPE:
                     continue
                 options = [str(q[k]).strip() for k in _OPTIONS if q.get(k) not in (None, "")]
-                if str(q["gt_answer"]).strip() not in options:
-                    raise DatasetFormatError(f"{path}: entry {i} answer {q['gt_answer']!r} is not among {options}")
+                answer = match_option(q["gt_answer"], options)
+                if answer is None:
+                    # One malformed question must not stop the build: drop it, count it, name it.
+                    self.report.excluded[ANSWER_NOT_AN_OPTION] += 1
+                    log.warning("omnimedvqa_derm: skipping %s entry %d: gt_answer %r is not one of %s",
+                                path, i, q["gt_answer"], options)
+                    continue
                 qid = str(q.get("question_id", i))
                 records.append(RawRecord(
-                    id=f"{path.stem}/{qid}", image=root / q["image_path"], raw_label=str(q["gt_answer"]),
+                    id=f"{path.stem}/{qid}", image=root / q["image_path"], raw_label=answer,
                     split="test",
                     extra={"question": str(q["question"]), "options": options,
-                           "answer": str(q["gt_answer"]).strip(), "subset": path.stem}))
+                           "answer": answer, "subset": path.stem}))
         return records

@@ -14,10 +14,11 @@ from skinr1_jax.knowledge import SKINCON_COLUMNS
 EXCLUDE_COLUMN = "Do not consider this image"
 _PARTS = {
     # part: (annotation file spellings, label file, label-file key column, label column)
-    "fitzpatrick17k": (("SKINCON Fitzpatrick17k annotations.csv", "SKINCON Fitzpatric17k annotations.csv",
+    # The site's download names (skincon-dataset.github.io/files/...) come first.
+    "fitzpatrick17k": (("annotations_fitzpatrick17k.csv", "SKINCON Fitzpatrick17k annotations.csv", "SKINCON Fitzpatric17k annotations.csv",
                         "skincon_fitzpatrick17k.csv", "fitzpatrick17k/annotation.csv"),
                        "fitzpatrick17k.csv", "md5hash", "label"),
-    "ddi": (("SKINCON DDI annotations.csv", "skincon_ddi.csv", "DDI/annotation.csv"),
+    "ddi": (("annotations_ddi.csv", "SKINCON DDI annotations.csv", "skincon_ddi.csv", "DDI/annotation.csv"),
             "ddi_metadata.csv", "DDI_file", "disease"),
 }
 
@@ -35,9 +36,10 @@ class Skincon(DermBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Download the SkinCon annotation files (https://skincon-dataset.github.io) and the images and
     label files of the datasets they annotate, into manual_dir (either part may be absent):
-      SKINCON Fitzpatrick17k annotations.csv   ImageID, the 48 concept columns, "Do not consider this image"
+      annotations_fitzpatrick17k.csv   unnamed index, ImageID (<md5hash>.jpg), the 48 concept
+                                       columns, "Do not consider this image"
       fitzpatrick17k.csv + images/<md5hash>.jpg   (see the fitzpatrick17k builder)
-      SKINCON DDI annotations.csv
+      annotations_ddi.csv              the same columns, ImageID = DDI_file (000001.png)
       ddi_metadata.csv + images/000001.png ...    (see the ddi builder)
     Rows flagged "Do not consider this image" are left out and counted.
     """
