@@ -146,7 +146,12 @@ def _side_by_side(b: dict[str, Any]) -> list[str]:
                  f"per second over the XLA 2048^3 matmul rate measured in the same run "
                  f"({p['float32'] / 1e9:.0f} GFLOP/s f32, {p['bfloat16'] / 1e9:.0f} bf16). "
                  f"Faults: minor page faults per timed step. Load average while timed: "
-                 f"{', '.join(str(x) for x in s.get('load_avg_timed', []))}."]
+                 f"{', '.join(str(x) for x in s.get('load_avg_timed', []))}.", ""]
+        for name, side in (("ours", s["ours"]), *s.get("variants", {}).items(),
+                           ("transformers", s["transformers"])):
+            t = side["timing"]
+            rows.append(f"- SFT {name.replace('_', ' ')}: each step, ms (minor faults): " + ", ".join(
+                f"{x * 1e3:.0f} ({f:,})" for x, f in zip(t["times_s"], t["minor_faults"])))
     return rows
 
 
