@@ -104,12 +104,12 @@ def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarra
     n, total = num_samples, s + max_new_tokens
     slot_mask = jnp.concatenate(
         [attention_mask.astype(jnp.int32), jnp.ones((b, max_new_tokens), jnp.int32)], axis=1)
-    # The prompt's own S slots are all the prefill attends to.
-    batch = {"input_ids": input_ids, "attention_mask": slot_mask[:, :s], "position_ids": position_ids}
+    # The prefill's cache holds the prompt's S slots only; the decode loops grow it (below).
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
     if pixel_values is not None:
         batch["pixel_values"] = pixel_values
     logits, cache = forward(cfg, variables, batch, grid_thw=grid_thw,
-                            cache=init_cache(cfg, b, total, cache_dtype), cache_index=0,
+                            cache=init_cache(cfg, b, s, cache_dtype), cache_index=0,
                             last_logits_only=True)
     batch_axis = CACHE_AXES.index("batch")
     cache = jax.tree.map(lambda x: _repeat_rows(x, n, batch_axis), cache)
@@ -142,7 +142,6 @@ def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarra
         prev = jax.lax.dynamic_slice_in_dim(tokens, i - 1, 1, axis=1)
         slot = s + i - 1
         pos = jnp.broadcast_to((next_pos + i - 1)[None, :, None], (3, rows, 1))
-        # Attend to the first `limit` slots only (they hold every token so far).
         step_batch = {"input_ids": prev, "attention_mask": slot_mask[:, :limit], "position_ids": pos}
         logits, cache = forward(cfg, variables, step_batch, cache=cache, cache_index=slot)
         tok, lp = choose(jax.random.fold_in(rng, i), logits[:, -1])
@@ -155,8 +154,15 @@ def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarra
         return i + 1, tokens, logprobs, done, lengths, cache
 
     state = (jnp.int32(1), tokens, logprobs, done, lengths, cache)
-    # One loop per cache-length bucket: a step attends to its bucket's slots, not all `total`.
+    # One loop per cache-length bucket, its cache `limit` slots long (zero-padded once on
+    # entry), so a step attends to its bucket's slots rather than all `total`. (Slicing a
+    # full-length cache inside the loop instead makes XLA copy the whole cache every step.)
+    cache_axis = CACHE_AXES.index("cache_len")
     for limit in cache_buckets(s + 1, total):
+        *rest, cache = state
+        grow = [(0, 0)] * 4
+        grow[cache_axis] = (0, limit - cache["k"][0].shape[cache_axis])
+        state = (*rest, jax.tree.map(lambda x: jnp.pad(x, grow), cache))
         state = jax.lax.while_loop(partial(cond, limit=limit), partial(body, limit=limit), state)
     _, tokens, logprobs, _, lengths, _ = state
     return tokens, logprobs, lengths

@@ -50,10 +50,8 @@ class SelfAttention(nn.Module):
             cache = {name: (*layers[:i], jax.lax.dynamic_update_slice(
                 layers[i], new[name].astype(layers[i].dtype), at), *layers[i + 1:])
                 for name, layers in cache.items()}
-            # The mask's length says how many leading slots can hold keys (vlm._attention_mask).
-            n_keys = mask.shape[-1]
-            k = cache["k"][i][:, :, :n_keys].astype(q.dtype)
-            v = cache["v"][i][:, :, :n_keys].astype(q.dtype)
+            k = cache["k"][i].astype(q.dtype)
+            v = cache["v"][i].astype(q.dtype)
         # Without a cache the mask is causal over the S tokens themselves: blocked attention.
         out = attention(q, k, v, mask, hd ** -0.5, causal=cache is None).reshape(b, s, nh * hd)
         out = Linear(t.hidden_size, ("heads", "embed"), f"{prefix}.o_proj", use_bias=False,

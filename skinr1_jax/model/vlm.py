@@ -95,21 +95,17 @@ class Qwen2_5_VL(nn.Module):
 def _attention_mask(b: int, s: int, attention_mask: jnp.ndarray | None, cache: Cache | None,
                     cache_index: jnp.ndarray | None) -> jnp.ndarray:
     """bool[B, S, T]: causal by slot index and key padding. Without a cache the S tokens are
-    slots 0..S-1; with one, they are slots cache_index..cache_index+S-1 of the cache, and T is
-    the attention mask's length: the cache length, or a shorter prefix of it that holds every
-    slot written so far (attention then reads only those T slots; see `forward`)."""
+    slots 0..S-1; with one, they are slots cache_index..cache_index+S-1 of T cache slots."""
     if cache is None:
         t, start = s, 0
     else:
         if cache_index is None:
             raise ValueError("forward with a cache needs cache_index (the slot of the first new token)")
         t, start = cache["k"][0].shape[CACHE_AXES.index("cache_len")], cache_index
-        if attention_mask is not None and attention_mask.ndim == 2 and s <= attention_mask.shape[1] < t:
-            t = attention_mask.shape[1]
     if attention_mask is None:
         attention_mask = jnp.ones((b, t), jnp.int32)
     if attention_mask.shape != (b, t):
-        what = f"the cache length {t} or shorter" if cache is not None else f"the sequence length {s}"
+        what = f"the cache length {t}" if cache is not None else f"the sequence length {s}"
         raise ValueError(f"attention_mask shape {attention_mask.shape} must be {(b, t)} ({what})")
     causal = jnp.arange(t)[None, :] <= (start + jnp.arange(s))[:, None]
     return causal[None] & (attention_mask[:, None, :] != 0)
@@ -123,8 +119,7 @@ def forward(cfg: ModelConfig, variables: Variables, batch: dict[str, Any], *,
     """Logits f32[B, S, V] (f32[B, 1, V] of the last position with `last_logits_only`: a
     prefill needs no more, and the vocabulary projection of every prompt token is its
     largest matmul) for batch {input_ids i32[B,S], attention_mask i32[B,S] ([B,T] with a
-    cache of T slots, or [B,L] with L < T: attend to slots 0..L-1 only, which must hold every
-    slot written so far and the S new ones; a decode step then reads L, not T, slots), position_ids i32[3,B,S], pixel_values f32[N, C*Tp*P*P] (optional)} and the updated
+    cache), position_ids i32[3,B,S], pixel_values f32[N, C*Tp*P*P] (optional)} and the updated
     cache. `grid_thw` is static: (t, h, w) per image in order of appearance. Jitted inside
     (one compilation per cfg / grid_thw / shapes); also fine to call under an outer jit."""
     input_ids = jnp.asarray(batch["input_ids"], jnp.int32)
