@@ -1,5 +1,6 @@
-"""Jitted KV-cache sampling: one prefill over a preallocated cache, then a `lax.while_loop`
-decode loop with temperature / top-k / top-p, per-row EOS, and host-side stop strings.
+"""Jitted KV-cache sampling: one prefill into a prompt-length cache, then `lax.while_loop`
+decode loops (one per cache-length bucket, see `cache_buckets`) with temperature / top-k /
+top-p, per-row EOS, and host-side stop strings.
 
 The prefill runs once per prompt; its cache and last logits are then repeated `num_samples`
 times (prompt i's samples are rows i*n .. i*n+n-1), so n samples cost one prefill.
