@@ -1,6 +1,6 @@
 """Run the benchmarks and write benchmarks/results.json and benchmarks/results.md.
 
-    python -m benchmarks [--only sft_step,decode,...] [--out-dir benchmarks]
+    python -m benchmarks [--only sft_step,decode,...] [--out-dir benchmarks] [--torch-compile]
 
 Each benchmark runs in its own process (fresh peak RSS; the scaling run needs fake devices set
 before jax starts) and prints one JSON line, collected here with the machine's description.
@@ -23,14 +23,16 @@ from benchmarks import common
 ROOT = Path(__file__).resolve().parent.parent
 # name -> command-line arguments of `python -m benchmarks.<name>`
 BENCHMARKS: dict[str, list[str]] = {
-    "sft_step": ["--repeats", "7"],
-    "decode": ["--repeats", "5"],
+    "sft_step": ["--repeats", "9"],
+    "decode": ["--repeats", "5", "--batch-sizes", "8,64"],
+    "sizes": ["--repeats", "3"],
     "joint_step": ["--repeats", "3"],
     "scaling": ["--repeats", "5"],
     "pipeline": ["--repeats", "3"],
     "gpu": ["--repeats", "3"],
 }
-TARGETS = {"sft_step": 2.0, "decode": 5.0}
+# ratio targets (ours / transformers): SFT step, decode by batch size, every size-sweep row
+TARGETS = {"sft_step": 2.5, "decode": {8: 5.0, 64: 2.0}, "sizes": 1.0}
 
 
 def run_one(name: str) -> dict[str, Any]:
@@ -54,8 +56,11 @@ def run_one(name: str) -> dict[str, Any]:
 
 
 def speedups(benchmarks: dict[str, Any]) -> dict[str, float | None]:
-    return {f"{name}_speedup": benchmarks.get(name, {}).get("speedup")
-            for name in ("sft_step", "decode")}
+    out = {"sft_step_speedup": benchmarks.get("sft_step", {}).get("speedup")}
+    for row in benchmarks.get("decode", {}).get("rows", []):
+        out[f"decode_b{row['batch_size']}_speedup"] = row["speedup"]
+    out["sizes_min_speedup"] = benchmarks.get("sizes", {}).get("min_speedup")
+    return out
 
 
 # ---- Markdown ------------------------------------------------------------------------------
@@ -87,27 +92,78 @@ def _threads(r: dict[str, Any]) -> str:
     return f" [torch {t['threads']} thread{'s' if t['threads'] > 1 else ''}]" if isinstance(t, dict) else ""
 
 
-def _compared(r: dict[str, Any], target: float) -> str:
-    """The tokens/s of both sides, the ratio and whether it meets `target`: a row's tail."""
-    met = "met" if r["speedup"] >= target else "not met"
-    return (f"tokens/s | {_rate(r['ours'], 'tokens')} | {_rate(r['transformers'], 'tokens')}"
-            f"{_threads(r)} | **{r['speedup']:.2f}x** | >= {target:g}x {met} |")
+def _faults(t: dict[str, Any]) -> str:
+    return f"{t['minor_faults_median']:,.0f} / {t['minor_faults_max']:,.0f}" if "minor_faults" in t else "–"
+
+
+def _target(ratio: float, target: float | None) -> str:
+    return "" if target is None else f">= {target:g}x {'met' if ratio >= target else 'not met'}"
 
 
 def _side_by_side(b: dict[str, Any]) -> list[str]:
-    rows = ["| benchmark | unit | ours | transformers | ratio (ours / transformers) | target |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| benchmark | ours tokens/s | transformers tokens/s | ratio (ours / transformers) | "
+            "target | ours compile s | ours faults / step (median / max) | ours MFU |",
+            "|---|---|---|---|---|---|---|---|"]
+
+    def row(label: str, ours: dict, theirs: dict, ratio: float, target: float | None,
+            threads: str, compile_s: float | None, mfu: float | None) -> str:
+        return (f"| {label} | {_rate(ours, 'tokens')} | {_rate(theirs, 'tokens')}{threads} | "
+                f"**{ratio:.2f}x** | {_target(ratio, target)} | "
+                f"{'–' if compile_s is None else f'{compile_s:.1f}'} | {_faults(ours['timing'])} | "
+                f"{'–' if mfu is None else f'{mfu:.1%}'} |")
+
     s = b.get("sft_step")
     if s and "ours" in s:
-        rows.append(f"| SFT step: forward + backward + AdamW, tiny Qwen2.5-VL ({s['params']:,} "
-                    f"params), batch {s['batch_size']} x {s['seq_len']} tokens, one "
-                    f"{s['image_grid_thw'][1] * 8}-px image per row | "
-                    + _compared(s, TARGETS["sft_step"]))
+        what = (f"SFT step: forward + backward + AdamW, tiny Qwen2.5-VL ({s['params']:,} params), "
+                f"batch {s['batch_size']} x {s['seq_len']} tokens, one "
+                f"{s['image_grid_thw'][1] * 8}-px image per row")
+        rows.append(row(what, s["ours"], s["transformers"], s["speedup"], TARGETS["sft_step"],
+                        _threads(s), s["ours"]["compile_s"], s["ours"]["mfu"]))
+        v = s.get("variants", {})
+        if "ours_bf16" in v:
+            rows.append(row(f"same, ours in bf16 compute (first loss {s['bf16_loss_delta']:+.2e} "
+                            "vs f32)", v["ours_bf16"], s["transformers"],
+                            v["ours_bf16"]["tokens_per_s"] / s["transformers"]["tokens_per_s"],
+                            None, "", v["ours_bf16"]["compile_s"], v["ours_bf16"]["mfu"]))
+        if "torch_compile" in v:
+            rows.append(row("same, against torch.compile (inductor) transformers", s["ours"],
+                            v["torch_compile"], s["speedup_vs_torch_compile"], None,
+                            f" [compile {v['torch_compile']['compile_s']:.0f} s]", None, None))
+        rows += [f"| torch.compile failed: `{e[:200]}` | | | | | | | |"
+                 for e in s.get("errors", {}).values()]
+        if "torch_compile" not in v and not s.get("errors"):
+            rows.append("| against torch.compile: not run (`python -m benchmarks --torch-compile`) "
+                        "| | | | | | | |")
     d = b.get("decode")
-    if d and "ours" in d:
-        rows.append(f"| Decode (rollouts): greedy, batch {d['batch_size']}, prompt "
-                    f"{d['prompt_len']} tokens incl. image, {d['new_tokens']} new tokens | "
-                    + _compared(d, TARGETS["decode"]))
+    for r in (d or {}).get("rows", []):
+        rows.append(row(f"Decode (rollouts): greedy, batch {r['batch_size']}, prompt "
+                        f"{r['prompt_len']} tokens incl. image, {r['new_tokens']} new tokens",
+                        r["ours"], r["transformers"], r["speedup"],
+                        TARGETS["decode"].get(r["batch_size"]), _threads(r), r["compile_s"], None))
+    if s and "matmul_peak_flops" in s:
+        p = s["matmul_peak_flops"]
+        rows += ["", f"MFU: model FLOPs of the step ({s['model_flops_per_step'] / 1e9:.2f} GFLOP) "
+                 f"per second over the XLA 2048^3 matmul rate measured in the same run "
+                 f"({p['float32'] / 1e9:.0f} GFLOP/s f32, {p['bfloat16'] / 1e9:.0f} bf16). "
+                 f"Faults: minor page faults per timed step. Load average while timed: "
+                 f"{', '.join(str(x) for x in s.get('load_avg_timed', []))}.", ""]
+        for name, side in (("ours", s["ours"]), *s.get("variants", {}).items(),
+                           ("transformers", s["transformers"])):
+            t = side["timing"]
+            rows.append(f"- SFT {name.replace('_', ' ')}: each step, ms (minor faults): " + ", ".join(
+                f"{x * 1e3:.0f} ({f:,})" for x, f in zip(t["times_s"], t["minor_faults"])))
+    return rows
+
+
+def _sizes(z: dict[str, Any]) -> list[str]:
+    label = {"hidden": "SFT, hidden size", "seq": "SFT, sequence length",
+             "batch": "SFT, batch size", "decode": "decode, batch size"}
+    rows = ["One size changed from the headline shapes per row (3 interleaved calls per side).", "",
+            "| row | ours tokens/s | transformers tokens/s | ratio | >= 1x |", "|---|---|---|---|---|"]
+    for r in z["rows"]:
+        rows.append(f"| {label[r['sweep']]} {r['value']} | {_rate(r['ours'], 'tokens')} | "
+                    f"{_rate(r['transformers'], 'tokens')} [torch {r['torch_threads']}t] | "
+                    f"**{r['speedup']:.2f}x** | {'met' if r['speedup'] >= TARGETS['sizes'] else 'not met'} |")
     return rows
 
 
@@ -186,7 +242,8 @@ def markdown(results: dict[str, Any]) -> str:
            f"{common.NOISY_SPREAD:.0%} of the median). Figures: median (min–max) after warm-up; "
            f"ratio = ours / transformers medians. Regenerate with `python -m benchmarks`.", ""]
     out += _side_by_side(b) + [""]
-    for name, title, render in (("joint_step", "Joint SFT + RL step", _joint),
+    for name, title, render in (("sizes", "Size sweep", _sizes),
+                                ("joint_step", "Joint SFT + RL step", _joint),
                                 ("scaling", "Scaling on a device mesh", _scaling),
                                 ("pipeline", "Input pipeline", _pipeline),
                                 ("gpu", "GPU", _gpu)):
@@ -205,7 +262,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--only", default="", help="comma-separated subset of "
                         + ",".join(BENCHMARKS))
     parser.add_argument("--out-dir", default=str(Path(__file__).resolve().parent))
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="sft_step also times transformers under torch.compile (its compile "
+                        "takes minutes on 2 cores)")
     args = parser.parse_args(argv)
+    if args.torch_compile:
+        BENCHMARKS["sft_step"] = [*BENCHMARKS["sft_step"], "--torch-compile"]
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:

@@ -57,37 +57,88 @@ def throughput(t: dict[str, Any], items: float, unit: str) -> dict[str, Any]:
             f"{unit}_per_s_max": items / t["min_s"], "noisy": t["noisy"], "timing": t}
 
 
-def time_torch(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 3,
-               give_up: float = 3.0) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Time a torch workload with one intra-op thread and with torch's default count, and
-    return (the faster Timing, {"threads": chosen, "by_threads": {n: Timing | probe}}).
+def minor_faults() -> int:
+    """Minor page faults of this process so far (first touches of freshly mapped memory)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
-    On a shared machine OpenMP threads that wait on a descheduled sibling can make the default
-    count many times slower; the baseline gets the better of the two. A count whose first call
-    is `give_up` times slower than the best median so far is not repeated (its probe is kept)."""
+
+def paired(fns: dict[str, Callable[[], Any]], *, warmup: int = 1, repeats: int = 5,
+           sync: Callable[[Any], Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Time several workloads call by call in turn (a, b, c, a, b, c, ...), so a change in the
+    machine's load during the run hits every one alike and their ratio stays fair. Per name: a
+    Timing plus each call's seconds and minor page faults (a call that faults its buffers in
+    shows thousands)."""
+    sync = sync or (lambda r: r)
+    for fn in fns.values():
+        for _ in range(warmup):
+            sync(fn())
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    faults: dict[str, list[int]] = {n: [] for n in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            f0, start = minor_faults(), time.perf_counter()
+            sync(fn())
+            times[name].append(time.perf_counter() - start)
+            faults[name].append(minor_faults() - f0)
+    return {n: {**timing(times[n]), "times_s": times[n], "minor_faults": faults[n],
+                "minor_faults_median": statistics.median(faults[n]),
+                "minor_faults_max": max(faults[n])} for n in fns}
+
+
+def faster_torch_threads(fn: Callable[[], Any], calls: int = 2) -> dict[str, Any]:
+    """Set torch's intra-op threads to whichever of 1 and the default runs `fn` faster (best of
+    `calls`; OpenMP threads waiting on a descheduled sibling can make the default many times
+    slower on a shared machine) and return {"threads", "default_threads", "probe_s"}."""
     import torch
 
     default = torch.get_num_threads()
-    by_threads: dict[int, dict[str, Any]] = {}
-    try:
-        for n in sorted({1, default}):
-            torch.set_num_threads(n)
-            if by_threads:
-                best = min(t["median_s"] for t in by_threads.values() if "median_s" in t)
-                start = time.perf_counter()
-                fn()
-                probe = time.perf_counter() - start
-                if probe > give_up * best:
-                    by_threads[n] = {"probe_s": probe, "skipped": f"first call > {give_up:g}x "
-                                     "the best median"}
-                    continue
-            by_threads[n] = time_fn(fn, warmup=warmup, repeats=repeats)
-    finally:
-        torch.set_num_threads(default)
-    timed = {n: t for n, t in by_threads.items() if "median_s" in t}
-    best_n = min(timed, key=lambda n: timed[n]["median_s"])
-    return timed[best_n], {"threads": best_n, "default_threads": default,
-                           "by_threads": {str(n): t for n, t in by_threads.items()}}
+    probe = {}
+    for n in sorted({1, default}):
+        torch.set_num_threads(n)
+        fn()
+        probe[n] = min(_seconds(fn) for _ in range(calls))
+    best = min(probe, key=probe.get)
+    torch.set_num_threads(best)
+    return {"threads": best, "default_threads": default, "probe_s": {str(n): t for n, t in probe.items()}}
+
+
+def _seconds(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def matmul_peak(dtypes: tuple[str, ...] = ("float32", "bfloat16"), n: int = 2048,
+                calls: int = 5) -> dict[str, float]:
+    """Measured XLA matmul FLOP/s of an n x n x n product per dtype (best of `calls`): the
+    machine's practical peak, now, under whatever load it has, for the MFU figures."""
+    import jax
+    import jax.numpy as jnp
+
+    out = {}
+    for dt in dtypes:
+        a = jnp.ones((n, n), dt)
+        mm = jax.jit(lambda x: x @ x)
+        block(mm(a))
+        out[dt] = 2 * n ** 3 / min(_seconds(lambda: block(mm(a))) for _ in range(calls))
+    return out
+
+
+def train_flops(cfg: Any, batch_size: int, seq_len: int, image_patches: int) -> float:
+    """Model FLOPs of one training step (forward + backward = 3 x forward; 2 per
+    multiply-add): every text and vision linear layer and the LM head on its tokens, causal
+    attention scores and values (S^2 / 2 per head), full-window vision attention ignored."""
+    t, v = cfg.text, cfg.vision
+    q, kv = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
+    per_layer = t.hidden_size * (2 * q + 2 * kv) + 3 * t.hidden_size * t.intermediate_size
+    text = t.num_hidden_layers * per_layer + t.hidden_size * t.vocab_size
+    attn = t.num_hidden_layers * 2 * q * seq_len / 2       # per token: QK + PV over S/2 keys
+    vis_layer = 4 * v.hidden_size ** 2 + 3 * v.hidden_size * v.intermediate_size
+    merged = v.hidden_size * v.spatial_merge_size ** 2
+    vision = (v.patch_dim * v.hidden_size + v.depth * vis_layer
+              + (merged * merged + merged * v.out_hidden_size) / v.spatial_merge_size ** 2)
+    tokens = batch_size * seq_len
+    return 6.0 * (tokens * (text + attn) + batch_size * image_patches * vision)
 
 
 def block(tree: Any) -> Any:

@@ -3,14 +3,21 @@ clipping) against transformers + torch doing the same (loss.backward, clip_grad_
 torch.optim.AdamW.step) on one random tiny Qwen2.5-VL whose weights both sides share (built by
 transformers, loaded into ours with hf_io), with the same batch, sequence length and image.
 
-    python -m benchmarks.sft_step [--batch-size 8] [--seq-len 128] [--repeats 5]
+    python -m benchmarks.sft_step [--batch-size 8] [--seq-len 128] [--repeats 9] [--torch-compile]
 
+Every side's calls are interleaved (ours, ours bf16, torch, torch.compile, ours, ...) so load
+changes hit all alike. Reported per side: each step's seconds and minor page faults, median /
+min / max, the compile time (first call minus the median), and MFU against the XLA matmul peak
+measured in the same run. Also: our step in bfloat16 compute (f32 parameters and optimizer)
+with its first-step loss difference from f32, and with --torch-compile transformers under
+torch.compile (inductor) as a second baseline (`python -m benchmarks --torch-compile`).
 Prints one JSON line; tokens/s counts every input token of the batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,12 +25,15 @@ import jax
 
 from benchmarks import common
 
+IMAGE_SIDE = 8  # patches per image side: one 64-px image per row
+
 
 def torch_step(model: Any, batch: dict[str, Any], grid_thw: Any, lr: float,
-               device: Any = None) -> Callable[[], float]:
+               device: Any = None, forward: Callable[..., Any] | None = None) -> Callable[[], float]:
     """transformers' training step on `batch`: forward with labels (the same token-mean
     cross-entropy over loss_mask targets), backward, grad clipping 1.0, AdamW. Returns the
-    loss, read back to the host (so each call ends synchronised)."""
+    loss, read back to the host (so each call ends synchronised). `forward` replaces
+    model.__call__ (e.g. a torch.compile'd model)."""
     import torch
 
     inputs = common.hf_inputs(batch, grid_thw, model.config.image_token_id, device)
@@ -31,11 +41,12 @@ def torch_step(model: Any, batch: dict[str, Any], grid_thw: Any, lr: float,
     inputs["labels"] = inputs["input_ids"].masked_fill(mask == 0, -100)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    forward = forward or model
 
     def step() -> float:
         model.model.rope_deltas = None
         opt.zero_grad(set_to_none=True)
-        loss = model(**inputs).loss
+        loss = forward(**inputs).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -43,54 +54,112 @@ def torch_step(model: Any, batch: dict[str, Any], grid_thw: Any, lr: float,
     return step
 
 
-def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 5, vocab_size: int = 2048,
-        lr: float = 1e-4) -> dict[str, Any]:
-    from skinr1_jax.train import sharding as shd
+def sized_overrides(hidden: int) -> dict[str, Any]:
+    """tiny_config overrides of a model `hidden` wide (head_dim 32, MLP 2x, 2 query heads per
+    KV head, like the tiny default at 128)."""
+    return dict(text=dict(hidden_size=hidden, intermediate_size=2 * hidden,
+                          num_attention_heads=hidden // 32, num_key_value_heads=max(1, hidden // 64)),
+                vision=dict(out_hidden_size=hidden))
 
-    cfg, variables, model = common.tiny_model_pair(vocab_size)
-    batch, grid = common.sft_batch(cfg, batch_size, seq_len)
-    tokens = batch_size * seq_len
+
+def our_step(cfg: Any, variables: Any, batch: dict[str, Any], grid: Any,
+             lr: float) -> tuple[Callable[[], Any], float, float]:
+    """(one step as a call, first-step loss, first call's seconds: compile + one step)."""
+    from skinr1_jax.train import sharding as shd
 
     mesh = shd.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
     device_batch = shd.shard_batch(batch, mesh)
     step, state, _ = common.train_step(cfg, variables, grid[0], mesh, sft_example=device_batch,
                                        lr=lr)
     holder = {"state": state}
-    losses = {}
 
-    def ours():
+    def call():
         holder["state"], metrics = step(holder["state"], device_batch, None)
         return metrics
 
-    first = ours()                     # the compile call, timed by the runner's wall clock
-    losses["ours_first_loss"] = float(first["sft_loss"])
-    ours_t = common.time_fn(ours, warmup=1, repeats=repeats, sync=common.block)
+    start = time.perf_counter()
+    first = common.block(call())
+    return call, float(first["sft_loss"]), time.perf_counter() - start
 
-    theirs_step = torch_step(model, batch, grid, lr)
-    losses["transformers_first_loss"] = theirs_step()
-    theirs_t, threads = common.time_torch(theirs_step, warmup=1, repeats=repeats)
 
-    ours_r = common.throughput(ours_t, tokens, "tokens")
-    theirs_r = common.throughput(theirs_t, tokens, "tokens")
-    return {
+def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 9, vocab_size: int = 2048,
+        lr: float = 1e-4, hidden: int | None = None, variants: bool = True,
+        torch_compile: bool = False) -> dict[str, Any]:
+    """Ours against transformers; with `variants`, also ours in bf16; with `torch_compile`,
+    transformers under torch.compile too (its compile alone takes minutes on 2 cores)."""
+    import torch
+
+    cfg, variables, model = common.tiny_model_pair(
+        vocab_size, **(sized_overrides(hidden) if hidden else {}))
+    batch, grid = common.sft_batch(cfg, batch_size, seq_len, IMAGE_SIDE)
+    tokens = batch_size * seq_len
+    fns, first_loss, first_s = {}, {}, {}
+    fns["ours"], first_loss["ours"], first_s["ours"] = our_step(cfg, variables, batch, grid, lr)
+    if variants:
+        fns["ours_bf16"], first_loss["ours_bf16"], first_s["ours_bf16"] = our_step(
+            cfg.replace(dtype="bfloat16"), variables, batch, grid, lr)
+    # torch steps update their own copy of the weights; torch.compile gets a fresh copy.
+    compiled_model = None
+    if torch_compile:
+        import copy
+        compiled_model = copy.deepcopy(model)
+    theirs = torch_step(model, batch, grid, lr)
+    threads = common.faster_torch_threads(theirs)
+    fns["transformers"] = theirs
+    start = time.perf_counter()
+    first_loss["transformers"] = theirs()
+    first_s["transformers"] = time.perf_counter() - start
+    errors = {}
+    if torch_compile:
+        try:
+            fn = torch_step(compiled_model, batch, grid, lr, forward=torch.compile(compiled_model))
+            start = time.perf_counter()
+            first_loss["torch_compile"] = fn()
+            first_s["torch_compile"] = time.perf_counter() - start
+            fns["torch_compile"] = fn
+        except Exception as e:  # recorded, not fatal: the eager baseline still stands
+            errors["torch_compile"] = f"{type(e).__name__}: {str(e)[:500]}"
+    load_start = [round(x, 2) for x in __import__("os").getloadavg()]
+    timed = common.paired(fns, warmup=1, repeats=repeats, sync=common.block)
+    peak = common.matmul_peak()
+    flops = common.train_flops(cfg, batch_size, seq_len, IMAGE_SIDE ** 2)
+    sides = {}
+    for name, t in timed.items():
+        sides[name] = {**common.throughput(t, tokens, "tokens"),
+                       "compile_s": first_s[name] - t["median_s"],
+                       "first_loss": first_loss[name],
+                       "mfu": flops / t["median_s"] / peak["bfloat16" if name == "ours_bf16" else "float32"]}
+    out = {
         "benchmark": "sft_step", "batch_size": batch_size, "seq_len": seq_len,
-        "image_grid_thw": list(grid[0]), "vocab_size": vocab_size,
+        "hidden": cfg.text.hidden_size, "image_grid_thw": list(grid[0]), "vocab_size": vocab_size,
         "params": int(sum(x.size for x in jax.tree.leaves(variables))),
-        "ours": ours_r, "transformers": theirs_r,
-        "speedup": ours_r["tokens_per_s"] / theirs_r["tokens_per_s"],
-        **losses, "torch_threads": threads,
+        "ours": sides.pop("ours"), "transformers": sides.pop("transformers"),
+        "variants": sides, "errors": errors, "model_flops_per_step": flops,
+        "matmul_peak_flops": peak, "torch_threads": threads, "load_avg_timed": load_start,
         "transformers_attn": model.config._attn_implementation,
         "jax_backend": jax.default_backend(),
     }
+    out["speedup"] = out["ours"]["tokens_per_s"] / out["transformers"]["tokens_per_s"]
+    if "ours_bf16" in sides:
+        out["bf16_loss_delta"] = sides["ours_bf16"]["first_loss"] - out["ours"]["first_loss"]
+    if "torch_compile" in sides:
+        out["speedup_vs_torch_compile"] = (out["ours"]["tokens_per_s"]
+                                           / sides["torch_compile"]["tokens_per_s"])
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--no-variants", action="store_true",
+                        help="only ours (f32) and transformers eager")
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="also time transformers under torch.compile (minutes to compile)")
     args = parser.parse_args(argv)
-    return common.emit(run(args.batch_size, args.seq_len, args.repeats))
+    return common.emit(run(args.batch_size, args.seq_len, args.repeats,
+                           variants=not args.no_variants, torch_compile=args.torch_compile))
 
 
 if __name__ == "__main__":

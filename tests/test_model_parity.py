@@ -18,6 +18,7 @@ from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as hf_mod  # noqa
 from skinr1_jax.model import forward, get_rope_index, init_cache  # noqa: E402
 from skinr1_jax.model.convert import hf_logits, random_batch  # noqa: E402
 from skinr1_jax.model.hf_io import load_hf  # noqa: E402
+from skinr1_jax.model.layers import CAUSAL_BLOCK, attention  # noqa: E402
 from skinr1_jax.model.rope import (apply_rotary, mrope_cos_sin, segment_ids, vision_cos_sin,  # noqa: E402
                                    vision_cu_seqlens, vision_position_ids, vision_window_index)
 from skinr1_jax.model.text import DecoderLayer  # noqa: E402
@@ -144,15 +145,18 @@ def test_get_rope_index_matches_transformers(hf):
     np.testing.assert_array_equal(delta, delta_hf.numpy()[:, 0] - (mask == 0).sum(1))
 
 
-@pytest.mark.parametrize("grids,batch_size", [
-    ((), 1),                       # text only
-    (((1, 8, 8),), 1),             # one image
-    (TWO_GRIDS, 1),                # two images of different sizes in one sequence
-    (TWO_GRIDS + ((1, 4, 4),), 2),  # a batch with left padding
-], ids=["text", "one_image", "two_images", "left_padded_batch"])
-def test_full_model_logits_match_transformers(hf, jit_forward, grids, batch_size):
+@pytest.mark.parametrize("grids,batch_size,text_len", [
+    ((), 1, 5),                       # text only
+    (((1, 8, 8),), 1, 5),             # one image
+    (TWO_GRIDS, 1, 5),                # two images of different sizes in one sequence
+    (TWO_GRIDS + ((1, 4, 4),), 2, 5),  # a batch with left padding
+    # longer than 2 causal attention blocks, padding in the first block
+    (TWO_GRIDS + ((1, 4, 4),), 2, 2 * CAUSAL_BLOCK // 3),
+], ids=["text", "one_image", "two_images", "left_padded_batch", "long_left_padded_batch"])
+def test_full_model_logits_match_transformers(hf, jit_forward, grids, batch_size, text_len):
     cfg, variables, model = hf
-    batch = random_batch(cfg, grids, seed=5, batch_size=batch_size)
+    batch = random_batch(cfg, grids, seed=5, batch_size=batch_size, text_len=text_len)
+    assert text_len < 10 or batch["input_ids"].shape[1] > 2 * CAUSAL_BLOCK
     if batch_size > 1:
         assert (batch["attention_mask"] == 0).any()
     ours, _ = jit_forward(cfg, variables, _model_inputs(batch), grid_thw=batch["grid_thw"] or None)
@@ -213,3 +217,27 @@ def test_remat_and_bf16_variants(hf, jit_forward):
                           grid_thw=batch["grid_thw"])
     assert half.dtype == jnp.float32
     assert np.max(np.abs(np.asarray(half) - np.asarray(base))) < 0.1
+
+
+def test_blocked_causal_attention_equals_one_softmax():
+    """Blocked causal attention (S > CAUSAL_BLOCK) gives the one-softmax result and gradients
+    on every query row that sees a key (left padding leaves the first rows of row 1 empty)."""
+    b, s, h, kv, d = 2, 2 * CAUSAL_BLOCK + 37, 4, 2, 8
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.standard_normal((b, s, h, d)), jnp.float32)
+    k, v = (jnp.asarray(rng.standard_normal((b, kv, s, d)), jnp.float32) for _ in range(2))
+    valid = np.ones((b, s), bool)
+    valid[1, :CAUSAL_BLOCK + 5] = False   # padding across the first block boundary
+    mask = jnp.asarray(np.tril(np.ones((s, s), bool))[None] & valid[:, None, :])
+    seen = np.asarray(mask).any(-1)         # query rows with at least one visible key
+
+    def loss(causal, q, k, v):
+        out = attention(q, k, v, mask, d ** -0.5, causal=causal)
+        return jnp.sum(jnp.where(seen[..., None, None], out, 0.0) ** 2), out
+
+    (l_full, full), g_full = jax.value_and_grad(loss, (1, 2, 3), has_aux=True)(False, q, k, v)
+    (l_block, block), g_block = jax.value_and_grad(loss, (1, 2, 3), has_aux=True)(True, q, k, v)
+    np.testing.assert_allclose(np.asarray(block)[seen], np.asarray(full)[seen], atol=1e-5)
+    np.testing.assert_allclose(l_block, l_full, rtol=1e-5)
+    for a, e in zip(g_block, g_full):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)

@@ -11,7 +11,8 @@ import pytest
 from scipy import stats
 
 from skinr1_jax.model import forward, get_rope_index, init_variables, tiny_config, unbox
-from skinr1_jax.model.sampler import choose_tokens, filter_logits, sample, trace_count
+from skinr1_jax.model.sampler import (cache_buckets, choose_tokens, filter_logits, sample,
+                                      trace_count)
 from skinr1_jax.model.tokenizer import build_embedded_tokenizer
 from skinr1_jax.rollout import vision_ids
 
@@ -117,6 +118,29 @@ def test_cached_greedy_equals_full_forward(model, tok, std_batch, greedy_out):
     np.testing.assert_array_equal(out.tokens, logits.argmax(-1))
     expected_lp = np.take_along_axis(jax.nn.log_softmax(logits, -1), out.tokens[..., None], -1)[..., 0]
     np.testing.assert_allclose(out.logprobs, expected_lp, atol=2e-4)
+
+
+def test_decode_across_cache_buckets_equals_full_forward(model, tok, std_batch):
+    """Steps in later cache-length buckets (each attending to fewer slots than the cache
+    holds) still give the full forward's greedy tokens."""
+    cfg, variables = model
+    s, new = std_batch["input_ids"].shape[1], 20
+    assert len(cache_buckets(s + 1, s + new)) >= 2
+    out = sample(cfg, variables, std_batch, temperature=0.0, max_new_tokens=new, eos_ids=(),
+                 rng=jax.random.key(0), pad_id=tok.pad_id, suppress_ids=vision_ids(cfg))
+    logits = _full_forward(cfg, variables, std_batch, out.tokens)[:, s - 1: s - 1 + new].copy()
+    logits[..., list(vision_ids(cfg))] = -np.inf
+    np.testing.assert_array_equal(out.tokens, logits.argmax(-1))
+
+
+def test_cache_buckets_cover_every_step():
+    for first, total in ((2, 3), (25, 44), (51, 114), (300, 812), (17, 4096)):
+        buckets = cache_buckets(first, total)
+        assert buckets[0] >= first and buckets[-1] == total
+        assert all(b > a for a, b in zip(buckets, buckets[1:]))
+        # a step attends to the smallest bucket above its slot: at most 1.5x the slots it needs
+        assert buckets[0] <= max(16, 1.5 * first)
+        assert all(b <= 1.5 * a for a, b in zip(buckets, buckets[1:]))
 
 
 def test_samples_per_prompt_are_grouped_and_eos_stops(model, tok, std_batch, greedy_out):

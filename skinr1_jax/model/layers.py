@@ -110,12 +110,42 @@ class Linear(nn.Module):
         return y.reshape(*lead, self.features)
 
 
+# Query rows per block of causal attention (see `attention`).
+CAUSAL_BLOCK = 128
+
+
 def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray | None,
-              scale: float) -> jnp.ndarray:
+              scale: float, causal: bool = False) -> jnp.ndarray:
     """Grouped-query softmax attention with fp32 softmax.
 
     q [B, S, H, D]; k, v [B, KV, T, D] (heads-major, H a multiple of KV); mask bool [B, S, T]
     (or broadcastable to it), or None (every key visible). Returns [B, S, H, D].
+
+    `causal=True` promises that query i sees no key after i (S == T, the mask holds the
+    causal part): queries are then taken CAUSAL_BLOCK rows at a time against only the keys up
+    to the block's last row, so no [S, S] score tensor exists and the fully masked upper
+    blocks (almost half the work at S >> block) are skipped. A skipped key has probability
+    exp(-1e30 - max) = 0 exactly, so every row with a visible key gets the same softmax; only
+    fully masked (padding) query rows, whose output nothing reads, average fewer values.
+    """
+    s, t = q.shape[1], k.shape[2]
+    if not causal or s <= CAUSAL_BLOCK:
+        return _attention(q, k, v, mask, scale)
+    if s != t:
+        raise ValueError(f"causal attention needs as many keys as queries, got {s} and {t}")
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, (mask.shape[0], s, t))
+    outs = []
+    for start in range(0, s, CAUSAL_BLOCK):
+        end = min(start + CAUSAL_BLOCK, s)
+        outs.append(_attention(q[:, start:end], k[:, :, :end], v[:, :, :end],
+                               None if mask is None else mask[:, start:end, :end], scale))
+    return jnp.concatenate(outs, axis=1)
+
+
+def _attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray | None,
+               scale: float) -> jnp.ndarray:
+    """`attention` over all T keys at once.
 
     The G = H / KV query heads of a group are stacked along the query axis, so both products
     are plain batched matmuls over (B, KV) with no transposes of k / v (the KV cache is stored

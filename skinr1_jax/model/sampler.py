@@ -1,5 +1,6 @@
-"""Jitted KV-cache sampling: one prefill over a preallocated cache, then a `lax.while_loop`
-decode loop with temperature / top-k / top-p, per-row EOS, and host-side stop strings.
+"""Jitted KV-cache sampling: one prefill into a prompt-length cache, then `lax.while_loop`
+decode loops (one per cache-length bucket, see `cache_buckets`) with temperature / top-k /
+top-p, per-row EOS, and host-side stop strings.
 
 The prefill runs once per prompt; its cache and last logits are then repeated `num_samples`
 times (prompt i's samples are rows i*n .. i*n+n-1), so n samples cost one prefill.
@@ -104,11 +105,12 @@ def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarra
     n, total = num_samples, s + max_new_tokens
     slot_mask = jnp.concatenate(
         [attention_mask.astype(jnp.int32), jnp.ones((b, max_new_tokens), jnp.int32)], axis=1)
-    batch = {"input_ids": input_ids, "attention_mask": slot_mask, "position_ids": position_ids}
+    # The prefill's cache holds the prompt's S slots only; the decode loops grow it (below).
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
     if pixel_values is not None:
         batch["pixel_values"] = pixel_values
     logits, cache = forward(cfg, variables, batch, grid_thw=grid_thw,
-                            cache=init_cache(cfg, b, total, cache_dtype), cache_index=0,
+                            cache=init_cache(cfg, b, s, cache_dtype), cache_index=0,
                             last_logits_only=True)
     batch_axis = CACHE_AXES.index("batch")
     cache = jax.tree.map(lambda x: _repeat_rows(x, n, batch_axis), cache)
@@ -132,16 +134,16 @@ def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarra
     done = jnp.isin(tok, eos_ids)
     lengths = jnp.ones((rows,), jnp.int32)
 
-    def cond(state):
+    def cond(state, limit):
         i, _, _, done, _, _ = state
-        return (i < max_new_tokens) & ~jnp.all(done)
+        return (i < max_new_tokens) & ~jnp.all(done) & (s + i - 1 < limit)
 
-    def body(state):
+    def body(state, limit):
         i, tokens, logprobs, done, lengths, cache = state
         prev = jax.lax.dynamic_slice_in_dim(tokens, i - 1, 1, axis=1)
         slot = s + i - 1
         pos = jnp.broadcast_to((next_pos + i - 1)[None, :, None], (3, rows, 1))
-        step_batch = {"input_ids": prev, "attention_mask": slot_mask, "position_ids": pos}
+        step_batch = {"input_ids": prev, "attention_mask": slot_mask[:, :limit], "position_ids": pos}
         logits, cache = forward(cfg, variables, step_batch, cache=cache, cache_index=slot)
         tok, lp = choose(jax.random.fold_in(rng, i), logits[:, -1])
         tok = jnp.where(done, pad_id, tok)
@@ -153,8 +155,32 @@ def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarra
         return i + 1, tokens, logprobs, done, lengths, cache
 
     state = (jnp.int32(1), tokens, logprobs, done, lengths, cache)
-    _, tokens, logprobs, _, lengths, _ = jax.lax.while_loop(cond, body, state)
+    # One loop per cache-length bucket, its cache `limit` slots long (zero-padded once on
+    # entry), so a step attends to its bucket's slots rather than all `total`. (Slicing a
+    # full-length cache inside the loop instead makes XLA copy the whole cache every step.)
+    cache_axis = CACHE_AXES.index("cache_len")
+    for limit in cache_buckets(s + 1, total):
+        *rest, cache = state
+        grow = [(0, 0)] * 4
+        grow[cache_axis] = (0, limit - cache["k"][0].shape[cache_axis])
+        state = (*rest, jax.tree.map(lambda x: jnp.pad(x, grow), cache))
+        state = jax.lax.while_loop(partial(cond, limit=limit), partial(body, limit=limit), state)
+    _, tokens, logprobs, _, lengths, _ = state
     return tokens, logprobs, lengths
+
+
+def cache_buckets(first: int, total: int) -> list[int]:
+    """Increasing attended lengths for decode steps whose slots run up to `total`, the first
+    >= `first` (the first decode step's slot + 1): powers of two and 1.5x powers of two (each
+    at most 1.5x the last), then `total`. Each bucket is one more compiled loop; a step
+    attends to at most a third more slots than it needs."""
+    out, size = [], 16
+    while size < total:
+        for limit in (size, size * 3 // 2):
+            if first <= limit < total:
+                out.append(limit)
+        size *= 2
+    return out + [total]
 
 
 def _first_stop(tokenizer: Any, ids: np.ndarray, stops: Sequence[str]) -> int | None:

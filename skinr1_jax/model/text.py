@@ -52,7 +52,8 @@ class SelfAttention(nn.Module):
                 for name, layers in cache.items()}
             k = cache["k"][i].astype(q.dtype)
             v = cache["v"][i].astype(q.dtype)
-        out = attention(q, k, v, mask, hd ** -0.5).reshape(b, s, nh * hd)
+        # Without a cache the mask is causal over the S tokens themselves: blocked attention.
+        out = attention(q, k, v, mask, hd ** -0.5, causal=cache is None).reshape(b, s, nh * hd)
         out = Linear(t.hidden_size, ("heads", "embed"), f"{prefix}.o_proj", use_bias=False,
                      name="o_proj", **kw)(out)
         return out, cache
