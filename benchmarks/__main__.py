@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "scaling": ["--repeats", "5"],
     "pipeline": ["--repeats", "3"],
     "gpu": ["--repeats", "3"],
+    "rl_host_bytes": ["--steps", "3"],
 }
 TARGETS = {"sft_step": 2.0, "decode": 5.0}
 

@@ -59,14 +59,6 @@ def data_shard() -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
-def per_process_batch(global_batch: int) -> int:
-    """Rows this process loads for a global batch of `global_batch` rows."""
-    count = jax.process_count()
-    if global_batch % count:
-        raise ValueError(f"global batch {global_batch} is not divisible by the {count} processes")
-    return global_batch // count
-
-
 def is_main_process() -> bool:
     return jax.process_index() == 0
 
