@@ -104,13 +104,15 @@ def _constrain(tree: Any, names: tuple[str | None, ...]) -> Any:
 
 
 @partial(jax.jit, static_argnames=("cfg", "grid_thw", "num_samples", "max_new_tokens", "greedy",
-                                   "filtered", "pad_id", "cache_dtype", "suppress_ids"))
+                                   "filtered", "pad_id", "cache_dtype", "suppress_ids",
+                                   "rows_axis"))
 def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarray,
               position_ids: jnp.ndarray, pixel_values: jnp.ndarray | None,
               rng: jax.Array, temperature: jnp.ndarray, top_k: jnp.ndarray, top_p: jnp.ndarray,
               eos_ids: jnp.ndarray, *, cfg: ModelConfig, grid_thw: GridTHW | None, num_samples: int,
               max_new_tokens: int, greedy: bool, filtered: bool, pad_id: int,
-              cache_dtype: str, suppress_ids: tuple[int, ...] = ()
+              cache_dtype: str, suppress_ids: tuple[int, ...] = (),
+              rows_axis: str | None = "batch"
               ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     _TRACES[0] += 1
     b, s = input_ids.shape
@@ -168,7 +170,10 @@ def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarra
 
     state = (jnp.int32(1), tokens, logprobs, done, lengths, cache)
     _, tokens, logprobs, _, lengths, _ = jax.lax.while_loop(cond, body, state)
-    return (*_constrain((tokens, logprobs), ("batch", "length")), _constrain(lengths, ("batch",)))
+    # Outputs follow the prompts: sharded over the batch axes, or replicated (rows_axis None)
+    # when the prompts were, so each process's rows are those of its own prompts.
+    return (*_constrain((tokens, logprobs), (rows_axis, "length")),
+            _constrain(lengths, (rows_axis,)))
 
 
 def _first_stop(tokenizer: Any, ids: np.ndarray, stops: Sequence[str]) -> int | None:
@@ -269,10 +274,12 @@ class Sampler:
                 raise ValueError("several processes need one image grid for every row (fixed "
                                  f"image size); this process has {sorted(set(grid))}")
             placed = shd.shard_batch(arrays, self.mesh)
+            replicated = placed["input_ids"].sharding.is_fully_replicated
             with shd.mesh_context(self.mesh):
                 outs = _generate(variables, placed["input_ids"], placed["attention_mask"],
                                  placed["position_ids"], placed.get("pixel_values"), *scalars,
-                                 grid_thw=(grid * count) or None, **statics)
+                                 grid_thw=(grid * count) or None,
+                                 rows_axis=None if replicated else "batch", **statics)
             tokens, logprobs, lengths = (shd.local_rows(x) for x in outs)
         self.host_bytes += tokens.nbytes + logprobs.nbytes + lengths.nbytes
         out = SampleOutput(tokens, logprobs, lengths)

@@ -198,8 +198,9 @@ def global_shapes(batch: Any) -> Any:
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """The global batch on the mesh (`batch_shardings`) from this process's block of rows.
 
-    Process p's rows are rows [p * L, (p + 1) * L) of the global batch (what
-    `data.pipeline.BatchIterator` hands each process). Leaves that are already jax Arrays (say
+    Each process passes its L rows (what `data.pipeline.BatchIterator` hands it: block p of
+    the global batch), laid out on the rows its devices hold (on a process-major mesh, rows
+    [p * L, (p + 1) * L)). Leaves that are already jax Arrays (say
     reference log-probs computed on device) are global: they are resharded on device, never
     copied to the host. A global batch too small to split over the batch axes is replicated:
     its host rows (data, never parameters) are gathered from every process first.
@@ -224,33 +225,30 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
 
 
 def local_rows(x: jax.Array, batch_dim: int = 0) -> np.ndarray:
-    """This process's block of rows of a global batch-major array, as numpy: the inverse of
-    `shard_batch`. Only these rows cross from device to host (a process never pulls rows
-    another process owns)."""
+    """This process's rows of a global batch-major array, as numpy: the inverse of
+    `shard_batch` (the rows its devices hold, in order, as `make_array_from_process_local_data`
+    laid them out; block p of an array replicated over processes). Only these rows cross from
+    device to host: a process never pulls rows another process owns."""
     count, index = jax.process_count(), jax.process_index()
     rows = x.shape[batch_dim]
-    if rows % count:
-        raise ValueError(f"{rows} rows do not split over {count} processes")
-    lo, hi = index * rows // count, (index + 1) * rows // count
     if count == 1:
         return np.asarray(x)
-    pieces: dict[int, np.ndarray] = {}
+    if rows % count:
+        raise ValueError(f"{rows} rows do not split over {count} processes")
+    ranges: dict[int, tuple[int, Any]] = {}
     for shard in x.addressable_shards:
         sl = shard.index[batch_dim]
         start, stop = sl.start or 0, rows if sl.stop is None else sl.stop
-        a, b = max(start, lo), min(stop, hi)
-        if a < b and a not in pieces:
-            pieces[a] = np.asarray(jax.lax.slice_in_dim(shard.data, a - start, b - start,
-                                                        axis=batch_dim))
-    starts, covered = sorted(pieces), lo
-    for a in starts:
-        if a != covered:
-            break
-        covered += pieces[a].shape[batch_dim]
-    if covered != hi:
-        raise ValueError(f"process {index}'s devices do not hold its rows {lo}..{hi} of the "
-                         "batch: the mesh is not process-major")
-    return np.concatenate([pieces[a] for a in starts], axis=batch_dim)
+        ranges.setdefault(start, (stop, shard.data))
+    if any(start == 0 and stop == rows for start, (stop, _) in ranges.items()):
+        data = ranges[0][1]     # every process holds every row: take block p
+        lo, hi = index * rows // count, (index + 1) * rows // count
+        return np.asarray(jax.lax.slice_in_dim(data, lo, hi, axis=batch_dim))
+    out = np.concatenate([np.asarray(ranges[s][1]) for s in sorted(ranges)], axis=batch_dim)
+    if out.shape[batch_dim] != rows // count:
+        raise ValueError(f"process {index}'s devices hold {out.shape[batch_dim]} of {rows} rows, "
+                         f"not 1/{count}: the batch axes do not split rows by process")
+    return out
 
 
 def constrain(x: jax.Array, names: Sequence[str | None], mesh: Mesh | None = None) -> jax.Array:
