@@ -1,13 +1,14 @@
 """Text in, text out: encode questions with their images, sample with given parameters, decode.
 
 Shared by RL (sampled rollouts, G per prompt) and evaluation (greedy). Prompt batches have a
-fixed batch size and bucketed lengths, so the sampler compiles once per bucket.
+fixed batch size and bucketed lengths, so the sampler compiles once per bucket. On several
+processes each one samples its block of every global prompt batch (`make_sampler(..., mesh)`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
