@@ -129,7 +129,8 @@ def test_two_processes_every_stage_mesh_2_4_1(reference: Path):
 def test_two_processes_fsdp_8_and_resume(reference: Path):
     """fsdp over both processes (parameters span hosts), then the RL stage cut back to its
     step-1 checkpoint (policy, optimizer, RNG, RL and joint-SFT iterator positions) resumes on
-    2 processes with the uninterrupted numbers."""
+    2 processes, and on 1 process, with the uninterrupted numbers (the data position saved is
+    global, so a change of process count continues the same stream)."""
     want = _metrics(reference)
     workdir = reference.parent / "two_1_8_1"
     workdir.mkdir()
@@ -145,9 +146,17 @@ def test_two_processes_fsdp_8_and_resume(reference: Path):
     shutil.rmtree(workdir / "checkpoints" / "rl" / "2")
     shutil.rmtree(workdir / "models" / "sft_rl")
     (workdir / "metrics.jsonl").unlink()
+    saved = workdir / "rl_step1"
+    shutil.copytree(workdir / "checkpoints" / "rl", saved)
     seconds = _run(workdir, "rl", (1, 8, 1), 2, cache=cache)
     print(f"2 processes, resumed rl: {seconds:.0f}s")
     resumed = _metrics(workdir)
     assert set(resumed) == {("rl", 2)}, sorted(resumed)
     _assert_same(resumed, {("rl", 2): want[("rl", 2)]}, "2->2 process resume")
     assert (workdir / "models" / "sft_rl" / "model_config.json").exists()
+    # The same step-1 checkpoint, written by 2 processes, resumed by 1 process of 8 devices.
+    shutil.rmtree(workdir / "checkpoints" / "rl")
+    shutil.copytree(saved, workdir / "checkpoints" / "rl")
+    (workdir / "metrics.jsonl").unlink()
+    _run(workdir, "rl", (1, 8, 1), 1)
+    _assert_same(_metrics(workdir), {("rl", 2): want[("rl", 2)]}, "2->1 process resume")
