@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "scaling": ["--repeats", "5"],
     "pipeline": ["--repeats", "3"],
     "gpu": ["--repeats", "3"],
+    "rl_host_bytes": ["--steps", "3"],
 }
 # ratio targets (ours / transformers): SFT step, decode by batch size, every size-sweep row
 TARGETS = {"sft_step": 2.5, "decode": {8: 5.0, 64: 2.0}, "sizes": 1.0}

@@ -69,12 +69,17 @@ def _load_config():
 
 
 def _setup_workdir(config) -> Path:
+    import jax
+
     from skinr1_jax.config import to_text
+    from skinr1_jax.stages.common import write_atomic
 
     workdir = Path(config.workdir)
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
-    (workdir / "config.txt").write_text(to_text(config))
-    handler = logging.FileHandler(workdir / "logs" / "launch.log")
+    write_atomic(workdir / "config.txt", to_text(config))    # process 0 only
+    index = jax.process_index()
+    handler = logging.FileHandler(workdir / "logs" / ("launch.log" if index == 0 else
+                                                      f"launch_{index}.log"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
@@ -112,7 +117,7 @@ def main(argv: list[str]) -> int:
         module = importlib.import_module(f"skinr1_jax.stages.{command}")
         return int(module.command(config, FLAGS) or 0)
 
-    from skinr1_jax.train.distributed import maybe_initialize_distributed
+    from skinr1_jax.train.distributed import barrier, maybe_initialize_distributed
 
     maybe_initialize_distributed()  # no-op on one host; pods and SLURM jobs join here
     import jax
@@ -129,6 +134,7 @@ def main(argv: list[str]) -> int:
             module.run(config, workdir)
         except ConfigError as e:  # e.g. resuming a checkpoint written under another config
             _fail(str(e))
+        barrier(f"stage:{stage}")   # the next stage reads what process 0 wrote
         logging.info("stage %s: done", stage)
     return 0
 

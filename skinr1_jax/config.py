@@ -82,6 +82,12 @@ def validate(config: ConfigDict) -> ConfigDict:
                           "is 1 - clip_low")
     if get(config, "rl.clip_high") < 0.0:
         raise ConfigError("config key 'rl.clip_high' must be >= 0")
+    mu, every = get(config, "rl.mu"), get(config, "checkpoint.every_steps")
+    if mu > 1 and every > 0 and every % mu:
+        # A checkpoint inside a cycle would resume without the cycle's rollout batch (it is not
+        # saved), so the resumed run would sample afresh and differ from an uninterrupted one.
+        raise ConfigError(f"config key 'checkpoint.every_steps' = {every} must be a multiple of "
+                          f"rl.mu = {mu}, so that checkpoints fall between rollout cycles")
     if get(config, "model.name") == "hf" and not get(config, "model.hf_dir"):
         raise ConfigError("config key 'model.hf_dir' is required when model.name = 'hf'")
     for model in get(config, "eval.models"):

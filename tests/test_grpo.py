@@ -181,3 +181,7 @@ def test_config_accepts_mu_and_checks_the_clip_range():
     c.rl.clip_low, c.rl.clip_high = 0.2, -0.1
     with pytest.raises(ConfigError, match="rl.clip_high"):
         validate(c)
+    c.rl.clip_high = 0.2
+    c.checkpoint.every_steps = 6               # would checkpoint in the middle of a cycle of 4
+    with pytest.raises(ConfigError, match="checkpoint.every_steps"):
+        validate(c)

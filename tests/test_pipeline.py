@@ -220,18 +220,31 @@ def test_iterator_resume_with_real_batches(tok, cfg) -> None:
     assert na["example_ids"] == nb["example_ids"]
 
 
-def test_shards_are_disjoint_and_equal(tok, cfg) -> None:
+def test_shards_are_blocks_of_the_global_batch_and_resume_under_any_process_count(tok, cfg) -> None:
     items = list(range(50))
-    seen = []
-    for shard in range(3):
-        it = pipeline.BatchIterator(items, 4, seed=3, encode_fn=CountingEncoder(), collate_fn=collate_ints,
-                                    shard_index=shard, shard_count=3, num_epochs=1)
-        seen.append(np.concatenate(list(it)))
-    assert [len(s) for s in seen] == [16, 16, 16]
-    assert len(set(np.concatenate(seen).tolist())) == 48
+    make = lambda shard, count: pipeline.BatchIterator(
+        items, 6, seed=3, encode_fn=CountingEncoder(), collate_fn=collate_ints,
+        shard_index=shard, shard_count=count)
+    single = make(0, 1)
+    shards = {count: [make(i, count) for i in range(count)] for count in (2, 3)}
+    for _ in range(12):                 # 72 rows: crosses an epoch boundary
+        want = next(single)
+        for count, its in shards.items():
+            np.testing.assert_array_equal(np.concatenate([next(it) for it in its]), want)
+    # A state saved by 3 processes resumes 2 processes (and 1) on the same global stream.
+    state = shards[3][1].get_state()
+    assert all(it.get_state() == state for it in shards[3])
+    resumed = [make(i, 2) for i in range(2)]
+    for it in resumed:
+        it.restore(state)
+    np.testing.assert_array_equal(np.concatenate([next(it) for it in resumed]), next(single))
     with pytest.raises(ValueError, match="shard_index"):
-        pipeline.BatchIterator(items, 4, seed=3, encode_fn=CountingEncoder(), collate_fn=collate_ints,
-                               shard_index=3, shard_count=3)
+        make(3, 3)
+    with pytest.raises(ValueError, match="not divisible"):
+        make(0, 4)
+    with pytest.raises(ValueError, match="num_epochs"):
+        pipeline.BatchIterator(items, 4, seed=3, encode_fn=CountingEncoder(),
+                               collate_fn=collate_ints, shard_index=0, shard_count=2, num_epochs=1)
 
 
 def test_iterator_caches_encodings_and_stops_after_num_epochs() -> None:

@@ -69,9 +69,9 @@ def test_mu_2_runs_in_the_rl_stage_against_the_sampled_logprobs(tmp_path):
     model_cfg = common.model_config(config, tokenizer)
     policy = rl.initial_policy(config, workdir, model_cfg, tokenizer)
     enc = common.encoder(config, tokenizer, model_cfg)
-    source = rl.RolloutSource(config, workdir, model_cfg=model_cfg, tokenizer=tokenizer, enc=enc,
-                              ref_variables=None, logprob_fn=None)
     mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+    source = rl.RolloutSource(config, workdir, model_cfg=model_cfg, tokenizer=tokenizer, enc=enc,
+                              mesh=mesh, ref_variables=None, logprob_fn=None)
     var_sh = sharding.param_shardings(abstract_variables(model_cfg), mesh)
     source.logprob_fn = make_logprob_fn(apply_fn_for(model_cfg, source.grid),
                                         float(config.rl.temperature), mesh, var_sh)
@@ -79,8 +79,8 @@ def test_mu_2_runs_in_the_rl_stage_against_the_sampled_logprobs(tmp_path):
     _, batch, _ = source.batches(SimpleNamespace(variables=policy), 0)
     assert source.batches(SimpleNamespace(variables=None), 1)[1] is batch      # reused, no sampling
     forward = np.asarray(source.logprob_fn(policy, common.step_arrays(batch)))
-    mask = batch["completion_mask"].astype(bool)
+    mask = np.asarray(batch["completion_mask"]).astype(bool)
     assert mask.any()
-    np.testing.assert_allclose(batch["old_logprobs"][mask], forward[mask], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(batch["old_logprobs"])[mask], forward[mask], rtol=1e-6)
     assert source.parser.malignancy_classes == ("benign", "malignant", "precancerous_in_situ",
                                                 "non_neoplastic")

@@ -261,4 +261,7 @@ def test_multiprocess_detection_from_environment():
     with pytest.raises(RuntimeError, match="JAX_NUM_PROCESSES"):
         dist.maybe_initialize_distributed({"JAX_COORDINATOR_ADDRESS": "h0:1234"})
     assert dist.maybe_initialize_distributed({}) is False
-    assert dist.data_shard() == (0, 1) and dist.per_process_batch(8) == 8
+    assert dist.data_shard() == (0, 1) and dist.is_main_process()
+    dist.barrier("one process: a no-op")
+    with dist.main_process_first("one process") as main:
+        assert main

@@ -274,13 +274,16 @@ def collate_prompts(encoded_list: Sequence[dict[str, Any]], seq_len: int | Seque
 class BatchIterator:
     """Deterministic, resumable, sharded batches over a fixed list of items.
 
-    Each epoch permutes all items with a generator seeded by (seed, epoch); process
-    `shard_index` of `shard_count` takes every shard_count-th item of that order, trimmed so
-    all shards have the same count (every process runs the same number of steps). Batches run
-    on across epoch boundaries, so every batch is full; with `num_epochs` set, iteration stops
-    after that many epochs and the last batch may be short (collate_fn pads it). The state is
-    (epoch, position in this shard's epoch order). Encoded items are cached (LRU), so images
-    are preprocessed once.
+    Each epoch permutes all items with a generator seeded by (seed, epoch); step k's global
+    batch is the next `batch_size` items of that stream (running on across epoch boundaries,
+    so every batch is full). Process `shard_index` of `shard_count` encodes and returns only
+    its contiguous block of `batch_size // shard_count` rows of the global batch, so the
+    blocks of all processes, in process order, are the global batch a single process reads.
+    The state (epoch, position in the epoch's global order) is therefore the same on every
+    process and for any process count: a checkpoint resumes under a different number of
+    processes. With `num_epochs` set (single process only), iteration stops after that many
+    epochs and the last batch may be short (collate_fn pads it). Encoded items are cached
+    (LRU), so images are preprocessed once.
     """
 
     def __init__(self, items: Sequence[Any], batch_size: int, seed: int,
@@ -292,11 +295,17 @@ class BatchIterator:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= shard_index < shard_count:
             raise ValueError(f"shard_index {shard_index} is not in [0, shard_count={shard_count})")
+        if batch_size % shard_count:
+            raise ValueError(f"global batch {batch_size} is not divisible by the {shard_count} "
+                             "processes")
+        if num_epochs is not None and shard_count > 1:
+            raise ValueError("num_epochs (a short last batch) needs shard_count=1: a short global "
+                             "batch does not split evenly over processes")
+        if not items:
+            raise ValueError("BatchIterator needs at least one item")
         self._items = items
-        self._per_shard = len(items) // shard_count
-        if self._per_shard == 0:
-            raise ValueError(f"{len(items)} items cannot be split into {shard_count} non-empty shards")
         self.batch_size = batch_size
+        self.rows = batch_size // shard_count      # this process's rows of every batch
         self.seed = int(seed)
         self.shard_index = shard_index
         self.shard_count = shard_count
@@ -313,14 +322,13 @@ class BatchIterator:
 
     @property
     def steps_per_epoch(self) -> int:
-        return -(-self._per_shard // self.batch_size)
+        return -(-len(self._items) // self.batch_size)
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         if epoch != self._order_epoch:
             n = len(self._items)
-            perm = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
-                    else np.arange(n))
-            self._order = perm[self.shard_index::self.shard_count][:self._per_shard]
+            self._order = (np.random.default_rng([self.seed, epoch]).permutation(n)
+                           if self.shuffle else np.arange(n))
             self._order_epoch = epoch
         return self._order
 
@@ -351,18 +359,20 @@ class BatchIterator:
                 self.epoch, self.position = self.epoch + 1, 0
         if not picked:
             raise StopIteration
-        return self._collate([self._encoded(i) for i in picked])
+        mine = picked[self.shard_index * self.rows:(self.shard_index + 1) * self.rows]
+        return self._collate([self._encoded(i) for i in mine])
 
     def get_state(self) -> dict[str, int]:
         return {"epoch": int(self.epoch), "position": int(self.position)}
 
     def restore(self, state: Mapping[str, int]) -> None:
-        """Resume so the next batch is the one that followed when `state` was taken."""
+        """Resume so the next batch is the one that followed when `state` was taken (by any
+        number of processes: the position is global)."""
         missing = {"epoch", "position"} - set(state)
         if missing:
             raise ValueError(f"iterator state lacks {sorted(missing)}: {dict(state)}")
         epoch, position = int(state["epoch"]), int(state["position"])
-        if epoch < 0 or not 0 <= position < self._per_shard:
-            raise ValueError(f"iterator state {dict(state)} is out of range for a shard of "
-                             f"{self._per_shard} items")
+        if epoch < 0 or not 0 <= position < len(self._items):
+            raise ValueError(f"iterator state {dict(state)} is out of range for "
+                             f"{len(self._items)} items")
         self.epoch, self.position = epoch, position

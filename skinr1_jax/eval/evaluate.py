@@ -15,7 +15,7 @@ import numpy as np
 
 from skinr1_jax.data import tasks
 from skinr1_jax.eval import metrics
-from skinr1_jax.rollout import Encoder, greedy_texts
+from skinr1_jax.rollout import Encoder, greedy_texts, make_sampler
 from skinr1_jax.taxonomy import UNKNOWN, Taxonomy
 from skinr1_jax.train.rewards import ResponseParser, credit_matrix
 from skinr1_jax.trajectories.rephrase import mentioned_nodes
@@ -52,8 +52,13 @@ class Evaluator:
 
     def __init__(self, config: Any, model_cfg: Any, tokenizer: Any, encoder: Encoder,
                  splits: Mapping[str, list], taxonomy: Taxonomy, ddx_graph: Any):
+        from skinr1_jax.train.sharding import make_mesh
+
         self.config, self.model_cfg, self.tokenizer = config, model_cfg, tokenizer
         self.taxonomy = taxonomy
+        # Greedy rollouts run on the run's mesh, each process sampling its block of prompts.
+        self.mesh = make_mesh(config.mesh)
+        self.sampler = make_sampler(model_cfg, tokenizer, self.mesh)
         self.tags = dict(think_tag=config.generate.think_tag, final_tag=config.generate.final_tag)
         self.images = {str(e["id"]): e["image"] for split in splits.values() for e in split}
         self.examples = {str(e["id"]): e for split in splits.values() for e in split}
@@ -81,7 +86,7 @@ class Evaluator:
     def _generate(self, variables: Any, encoded: list[dict]) -> list[str]:
         if not encoded:
             return []
-        return greedy_texts(self.model_cfg, variables, self.tokenizer, encoded,
+        return greedy_texts(self.sampler, variables, self.tokenizer, encoded,
                             batch_size=self.config.eval.batch_size,
                             max_len=self.config.data.max_seq_len,
                             max_new_tokens=self.config.eval.max_new_tokens)
@@ -89,6 +94,10 @@ class Evaluator:
     def evaluate(self, variables: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """(results, extras): results has the README's metric names; extras keeps the raw
         predictions of the open-ended test set for plots and the confusion view."""
+        from skinr1_jax.model import abstract_variables
+        from skinr1_jax.train.sharding import place_variables
+
+        variables = place_variables(variables, abstract_variables(self.model_cfg), self.mesh)
         results: dict[str, Any] = {"details": {}}
         extras: dict[str, Any] = {}
         for name, (_, questions, encoded) in self.sets.items():

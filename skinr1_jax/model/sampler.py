@@ -7,6 +7,12 @@ times (prompt i's samples are rows i*n .. i*n+n-1), so n samples cost one prefil
 One program is compiled per (shapes, cfg, grid_thw, num_samples, max_new_tokens, greedy or
 not, filtered or not, pad_id, cache dtype); temperature, top_k, top_p and the EOS ids are
 traced values, so changing them does not recompile. `trace_count()` counts traces (= compilations).
+
+On a mesh (`Sampler(..., mesh=mesh)`) the same program runs over the global batch: the
+variables are used in the shardings they already have (the train state's, so under LoRA only
+the adapter changes between rollouts and nothing is copied), each process passes its block of
+prompt rows, the KV cache and the outputs are sharded over the batch axes by their logical
+names (train/sharding.py), and each process reads back only its own rows.
 """
 
 from __future__ import annotations
@@ -91,14 +97,23 @@ def _repeat_rows(x: jnp.ndarray, n: int, axis: int = 0) -> jnp.ndarray:
     return x if n == 1 else jnp.repeat(x, n, axis=axis)
 
 
+def _constrain(tree: Any, names: tuple[str | None, ...]) -> Any:
+    """Shard by logical names when tracing under a mesh (no-op otherwise)."""
+    from skinr1_jax.train.sharding import constrain
+
+    return jax.tree.map(lambda x: constrain(x, names), tree)
+
+
 @partial(jax.jit, static_argnames=("cfg", "grid_thw", "num_samples", "max_new_tokens", "greedy",
-                                   "filtered", "pad_id", "cache_dtype", "suppress_ids"))
+                                   "filtered", "pad_id", "cache_dtype", "suppress_ids",
+                                   "rows_axis"))
 def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarray,
               position_ids: jnp.ndarray, pixel_values: jnp.ndarray | None,
               rng: jax.Array, temperature: jnp.ndarray, top_k: jnp.ndarray, top_p: jnp.ndarray,
               eos_ids: jnp.ndarray, *, cfg: ModelConfig, grid_thw: GridTHW | None, num_samples: int,
               max_new_tokens: int, greedy: bool, filtered: bool, pad_id: int,
-              cache_dtype: str, suppress_ids: tuple[int, ...] = ()
+              cache_dtype: str, suppress_ids: tuple[int, ...] = (),
+              rows_axis: str | None = "batch"
               ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     _TRACES[0] += 1
     b, s = input_ids.shape
@@ -109,11 +124,11 @@ def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarra
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
     if pixel_values is not None:
         batch["pixel_values"] = pixel_values
-    logits, cache = forward(cfg, variables, batch, grid_thw=grid_thw,
-                            cache=init_cache(cfg, b, s, cache_dtype), cache_index=0,
+    cache = _constrain(init_cache(cfg, b, s, cache_dtype), CACHE_AXES)
+    logits, cache = forward(cfg, variables, batch, grid_thw=grid_thw, cache=cache, cache_index=0,
                             last_logits_only=True)
     batch_axis = CACHE_AXES.index("batch")
-    cache = jax.tree.map(lambda x: _repeat_rows(x, n, batch_axis), cache)
+    cache = _constrain(jax.tree.map(lambda x: _repeat_rows(x, n, batch_axis), cache), CACHE_AXES)
     last = _repeat_rows(logits[:, -1], n)  # left padding: the last position is always real
     slot_mask = _repeat_rows(slot_mask, n)
     # The next text position follows the largest prompt position (transformers' rope_deltas
@@ -145,6 +160,7 @@ def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarra
         pos = jnp.broadcast_to((next_pos + i - 1)[None, :, None], (3, rows, 1))
         step_batch = {"input_ids": prev, "attention_mask": slot_mask[:, :limit], "position_ids": pos}
         logits, cache = forward(cfg, variables, step_batch, cache=cache, cache_index=slot)
+        cache = _constrain(cache, CACHE_AXES)
         tok, lp = choose(jax.random.fold_in(rng, i), logits[:, -1])
         tok = jnp.where(done, pad_id, tok)
         lp = jnp.where(done, 0.0, lp)
@@ -163,10 +179,13 @@ def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarra
         *rest, cache = state
         grow = [(0, 0)] * 4
         grow[cache_axis] = (0, limit - cache["k"][0].shape[cache_axis])
-        state = (*rest, jax.tree.map(lambda x: jnp.pad(x, grow), cache))
+        state = (*rest, _constrain(jax.tree.map(lambda x: jnp.pad(x, grow), cache), CACHE_AXES))
         state = jax.lax.while_loop(partial(cond, limit=limit), partial(body, limit=limit), state)
     _, tokens, logprobs, _, lengths, _ = state
-    return tokens, logprobs, lengths
+    # Outputs follow the prompts: sharded over the batch axes, or replicated (rows_axis None)
+    # when the prompts were, so each process's rows are those of its own prompts.
+    return (*_constrain((tokens, logprobs), (rows_axis, "length")),
+            _constrain(lengths, (rows_axis,)))
 
 
 def cache_buckets(first: int, total: int) -> list[int]:
@@ -210,12 +229,98 @@ def apply_stop_sequences(out: SampleOutput, stop_sequences: Sequence[str], token
     return SampleOutput(tokens, logprobs, lengths)
 
 
+class Sampler:
+    """The generation program of one model, built once and called every rollout.
+
+    `mesh=None` runs on the default device with host inputs. With a mesh, `variables` must be
+    jax Arrays already in their shardings (the train state's, or `place_variables`), and
+    `prompt_batch` is this process's block of the global prompt batch (host arrays); the
+    output holds this process's rows only. `host_bytes` counts every byte read back to the
+    host (the completions of this process's rows; never parameters).
+    """
+
+    def __init__(self, cfg: ModelConfig, *, eos_ids: Sequence[int], pad_id: int, mesh: Any = None,
+                 suppress_ids: Sequence[int] = (), cache_dtype: str | None = None):
+        if len(eos_ids) > MAX_EOS_IDS:
+            raise ValueError(f"at most {MAX_EOS_IDS} eos_ids, got {len(eos_ids)}")
+        # A fixed-size EOS vector (-1 never matches) so that changing the EOS set never recompiles.
+        eos = np.full((MAX_EOS_IDS,), -1, np.int32)
+        eos[: len(eos_ids)] = [int(e) for e in eos_ids]
+        self.cfg, self.mesh, self.pad_id, self.eos = cfg, mesh, int(pad_id), eos
+        self.suppress_ids = tuple(sorted(int(i) for i in suppress_ids))
+        self.cache_dtype = cache_dtype or cfg.dtype
+        self.host_bytes = 0
+
+    def __call__(self, variables: Any, prompt_batch: Mapping[str, Any], *, num_samples: int = 1,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 max_new_tokens: int, rng: jax.Array,
+                 stop_sequences: Sequence[str] | None = None, tokenizer: Any = None
+                 ) -> SampleOutput:
+        """Generate `num_samples` continuations of each left-padded prompt (see `sample`)."""
+        for key in ("input_ids", "attention_mask", "position_ids"):
+            if key not in prompt_batch:
+                raise ValueError(f"prompt_batch lacks {key!r} (has {sorted(prompt_batch)})")
+        if max_new_tokens < 1 or num_samples < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} and num_samples={num_samples} must be >= 1")
+        if temperature < 0 or not 0.0 < top_p <= 1.0 or top_k < 0:
+            raise ValueError(f"bad sampling parameters: temperature={temperature}, top_k={top_k}, top_p={top_p}")
+        if stop_sequences and tokenizer is None:
+            raise ValueError("stop_sequences need a tokenizer to decode the generated ids")
+        ids = np.asarray(prompt_batch["input_ids"], np.int32)
+        mask = np.asarray(prompt_batch["attention_mask"], np.int32)
+        if mask.shape != ids.shape:
+            raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
+        if not mask[:, -1].all():
+            raise ValueError("prompts must be left-padded: attention_mask[:, -1] has zeros in rows "
+                             f"{np.flatnonzero(mask[:, -1] == 0).tolist()}")
+        arrays = {"input_ids": ids, "attention_mask": mask,
+                  "position_ids": np.asarray(prompt_batch["position_ids"], np.int32)}
+        if prompt_batch.get("pixel_values") is not None:
+            arrays["pixel_values"] = np.asarray(prompt_batch["pixel_values"], np.float32)
+        grid = prompt_batch.get("grid_thw")
+        grid = (tuple(tuple(int(v) for v in g) for g in np.asarray(grid).reshape(-1, 3))
+                if grid is not None else ())
+        statics = dict(cfg=self.cfg, num_samples=int(num_samples),
+                       max_new_tokens=int(max_new_tokens), greedy=temperature == 0,
+                       filtered=top_k > 0 or top_p < 1.0, pad_id=self.pad_id,
+                       cache_dtype=self.cache_dtype, suppress_ids=self.suppress_ids)
+        scalars = (rng, jnp.float32(max(temperature, 1e-6)), jnp.int32(top_k), jnp.float32(top_p),
+                   jnp.asarray(self.eos))
+        if self.mesh is None:
+            outs = _generate(variables, *(jnp.asarray(arrays[k]) for k in
+                                          ("input_ids", "attention_mask", "position_ids")),
+                             None if "pixel_values" not in arrays else jnp.asarray(arrays["pixel_values"]),
+                             *scalars, grid_thw=grid or None, **statics)
+            tokens, logprobs, lengths = (np.asarray(x) for x in outs)
+        else:
+            from skinr1_jax.train import sharding as shd
+
+            count = jax.process_count()
+            if count > 1 and len(set(grid)) > 1:
+                raise ValueError("several processes need one image grid for every row (fixed "
+                                 f"image size); this process has {sorted(set(grid))}")
+            placed = shd.shard_batch(arrays, self.mesh)
+            replicated = placed["input_ids"].sharding.is_fully_replicated
+            with shd.mesh_context(self.mesh):
+                outs = _generate(variables, placed["input_ids"], placed["attention_mask"],
+                                 placed["position_ids"], placed.get("pixel_values"), *scalars,
+                                 grid_thw=(grid * count) or None,
+                                 rows_axis=None if replicated else "batch", **statics)
+            tokens, logprobs, lengths = (shd.local_rows(x) for x in outs)
+        self.host_bytes += tokens.nbytes + logprobs.nbytes + lengths.nbytes
+        out = SampleOutput(tokens, logprobs, lengths)
+        if stop_sequences:
+            out = apply_stop_sequences(out, stop_sequences, tokenizer, self.pad_id)
+        return out
+
+
 def sample(cfg: ModelConfig, variables: Any, prompt_batch: Mapping[str, Any], *, num_samples: int = 1,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, max_new_tokens: int,
            eos_ids: Sequence[int], rng: jax.Array, pad_id: int,
            stop_sequences: Sequence[str] | None = None, tokenizer: Any = None,
            cache_dtype: str | None = None, suppress_ids: Sequence[int] = ()) -> SampleOutput:
-    """Generate `num_samples` continuations of each left-padded prompt.
+    """Generate `num_samples` continuations of each left-padded prompt on the default device
+    (a one-off `Sampler` without a mesh).
 
     prompt_batch: input_ids i32[B, S], attention_mask i32[B, S] (left padding), position_ids
     i32[3, B, S] (from `get_rope_index`; a rope_deltas entry is not needed), optional pixel_values
@@ -225,40 +330,8 @@ def sample(cfg: ModelConfig, variables: Any, prompt_batch: Mapping[str, Any], *,
     sampled (RL and evaluation pass the vision placeholders: a completion holding an image-pad
     token would have no image features to go with it when it is trained on).
     """
-    for key in ("input_ids", "attention_mask", "position_ids"):
-        if key not in prompt_batch:
-            raise ValueError(f"prompt_batch lacks {key!r} (has {sorted(prompt_batch)})")
-    if max_new_tokens < 1 or num_samples < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} and num_samples={num_samples} must be >= 1")
-    if temperature < 0 or not 0.0 < top_p <= 1.0 or top_k < 0:
-        raise ValueError(f"bad sampling parameters: temperature={temperature}, top_k={top_k}, top_p={top_p}")
-    if stop_sequences and tokenizer is None:
-        raise ValueError("stop_sequences need a tokenizer to decode the generated ids")
-    if len(eos_ids) > MAX_EOS_IDS:
-        raise ValueError(f"at most {MAX_EOS_IDS} eos_ids, got {len(eos_ids)}")
-    # A fixed-size EOS vector (-1 never matches) so that changing the EOS set never recompiles.
-    eos = np.full((MAX_EOS_IDS,), -1, np.int32)
-    eos[: len(eos_ids)] = [int(e) for e in eos_ids]
-    input_ids = jnp.asarray(prompt_batch["input_ids"], jnp.int32)
-    mask = np.asarray(prompt_batch["attention_mask"])
-    if mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {input_ids.shape}")
-    if not mask[:, -1].all():
-        raise ValueError("prompts must be left-padded: attention_mask[:, -1] has zeros in rows "
-                         f"{np.flatnonzero(mask[:, -1] == 0).tolist()}")
-    grid = prompt_batch.get("grid_thw")
-    grid = tuple(tuple(int(v) for v in g) for g in np.asarray(grid).reshape(-1, 3)) if grid is not None else None
-    pixels = prompt_batch.get("pixel_values")
-    tokens, logprobs, lengths = _generate(
-        variables, input_ids, jnp.asarray(mask, jnp.int32),
-        jnp.asarray(prompt_batch["position_ids"], jnp.int32),
-        None if pixels is None else jnp.asarray(pixels, jnp.float32), rng,
-        jnp.float32(max(temperature, 1e-6)), jnp.int32(top_k), jnp.float32(top_p),
-        jnp.asarray(eos),
-        cfg=cfg, grid_thw=grid or None, num_samples=int(num_samples), max_new_tokens=int(max_new_tokens),
-        greedy=temperature == 0, filtered=top_k > 0 or top_p < 1.0, pad_id=int(pad_id),
-        cache_dtype=cache_dtype or cfg.dtype, suppress_ids=tuple(sorted(int(i) for i in suppress_ids)))
-    out = SampleOutput(np.asarray(tokens), np.asarray(logprobs), np.asarray(lengths))
-    if stop_sequences:
-        out = apply_stop_sequences(out, stop_sequences, tokenizer, pad_id)
-    return out
+    sampler = Sampler(cfg, eos_ids=eos_ids, pad_id=pad_id, suppress_ids=suppress_ids,
+                      cache_dtype=cache_dtype)
+    return sampler(variables, prompt_batch, num_samples=num_samples, temperature=temperature,
+                   top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, rng=rng,
+                   stop_sequences=stop_sequences, tokenizer=tokenizer)

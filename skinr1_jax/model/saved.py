@@ -11,8 +11,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import jax
-
 from skinr1_jax.model.config import ModelConfig, config_from_dict, config_to_dict
 
 
@@ -21,18 +19,27 @@ class SavedModelError(ValueError):
 
 
 def save_model(out_dir: str | Path, cfg: ModelConfig, variables: Any, tokenizer: Any) -> Path:
-    """Write the three parts; params are written atomically by orbax (tmp dir + rename)."""
+    """Write the three parts; params are written atomically by orbax (tmp dir + rename).
+
+    Collective on several processes: every process calls it, orbax writes each process's
+    shards of `variables` (jax Arrays stay where they are, even when they span hosts), and
+    process 0 alone writes the small files."""
     from skinr1_jax.train.checkpoint import save_params
+    from skinr1_jax.train.distributed import barrier, is_main_process
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "params").exists():
-        shutil.rmtree(out / "params")
-    save_params(out / "params", jax.device_get(variables))
-    tokenizer.save(out / "tokenizer")
-    tmp = out / ".model_config.json.tmp"
-    tmp.write_text(json.dumps(config_to_dict(cfg), indent=2))
-    tmp.replace(out / "model_config.json")
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        if (out / "params").exists():
+            shutil.rmtree(out / "params")
+    barrier(f"save_model:{out}")
+    save_params(out / "params", variables)
+    if is_main_process():
+        tokenizer.save(out / "tokenizer")
+        tmp = out / ".model_config.json.tmp"
+        tmp.write_text(json.dumps(config_to_dict(cfg), indent=2))
+        tmp.replace(out / "model_config.json")
+    barrier(f"save_model_done:{out}")
     return out
 
 

@@ -23,7 +23,12 @@ PUBLIC_SPLITS = {"dense_train": "train", "sparse_train": "train", "validation": 
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file + rename, so a crash never leaves a half-written artifact."""
+    """Write via a temp file + rename, so a crash never leaves a half-written artifact. On
+    several processes only process 0 writes (every process computes the same artifact)."""
+    from skinr1_jax.train.distributed import is_main_process
+
+    if not is_main_process():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
@@ -70,9 +75,13 @@ _SPLIT_CACHE: dict[tuple, dict[str, list[dict]]] = {}
 def dataset_splits(config: ConfigDict, workdir: Path) -> dict[str, list[dict]]:
     """The five splits the method uses (dense_train, sparse_train, validation, test,
     ood_test), built with the dataset's TFDS builder into the data dir on first use."""
+    from skinr1_jax.train.distributed import main_process_first
+
     key = (str(workdir), config.data.to_json(), config.seed)
     if key not in _SPLIT_CACHE:
-        _SPLIT_CACHE[key] = _build_and_load(config, workdir)
+        # Process 0 builds the TFDS dataset once; the others then read what it wrote.
+        with main_process_first(f"dataset:{key}"):
+            _SPLIT_CACHE[key] = _build_and_load(config, workdir)
     return _SPLIT_CACHE[key]
 
 

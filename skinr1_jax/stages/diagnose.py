@@ -118,7 +118,7 @@ def diagnose(config: ConfigDict, checkpoint: str | Path, images: Sequence[str]) 
     from skinr1_jax.data.pipeline import encode_prompt
     from skinr1_jax.model.image_processing import load_image
     from skinr1_jax.model.saved import load_model
-    from skinr1_jax.rollout import greedy_texts
+    from skinr1_jax.rollout import greedy_texts, make_sampler
 
     arrays = [load_image(path) for path in images]  # before the model: a bad file fails fast
     model_cfg, variables, tokenizer = load_model(checkpoint)
@@ -126,7 +126,7 @@ def diagnose(config: ConfigDict, checkpoint: str | Path, images: Sequence[str]) 
     encoded = [encode_prompt(tokenizer, text, image, model_cfg, min_pixels=int(config.data.min_pixels),
                              max_pixels=int(config.data.max_pixels), example_id=str(path))
                for path, image in zip(images, arrays)]
-    answers = greedy_texts(model_cfg, variables, tokenizer, encoded,
+    answers = greedy_texts(make_sampler(model_cfg, tokenizer), variables, tokenizer, encoded,
                            batch_size=min(len(encoded), int(config.eval.batch_size)),
                            max_len=int(config.data.max_seq_len),
                            max_new_tokens=int(config.eval.max_new_tokens))

@@ -48,7 +48,10 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     common.write_json(workdir / "results.json", results)
     table = results_markdown(results)
     common.write_atomic(workdir / "results.md", table)
-    _plots(workdir, results, extras, taxonomy)
+    from skinr1_jax.train.distributed import is_main_process
+
+    if is_main_process():
+        _plots(workdir, results, extras, taxonomy)
     print(table)
     return results
 

@@ -24,16 +24,22 @@ def run(config: ConfigDict, workdir: Path) -> dict:
                    if (common.models_dir(workdir) / n / "model_config.json").exists()), None)
     if source is None:
         raise FileNotFoundError(f"no trained model under {common.models_dir(workdir)}: run sft/rl first")
+    from skinr1_jax.train.distributed import is_main_process
+
+    # Every process reads the host copy from disk (no device gather); orbax writes the params
+    # collectively, process 0 alone the Hugging Face and PEFT files.
     model_cfg, variables, tokenizer = load_model(source)
     out = workdir / "export"
     save_model(out, model_cfg, variables, tokenizer)
-    save_hf(model_cfg, variables, out / "hf")
-    tokenizer.save(out / "hf")
     written = {"model": str(out), "hf": str(out / "hf"), "from": source.name}
     if model_cfg.lora.rank > 0:
-        base = config.model.hf_dir or None
-        save_adapter(model_cfg, variables, out / "peft", base_model_name_or_path=base)
         written["peft"] = str(out / "peft")
+    if is_main_process():
+        save_hf(model_cfg, variables, out / "hf")
+        tokenizer.save(out / "hf")
+        if model_cfg.lora.rank > 0:
+            save_adapter(model_cfg, variables, out / "peft",
+                         base_model_name_or_path=config.model.hf_dir or None)
     common.write_json(out / "export.json", written)
     print(f"[export] {source.name} -> {out} (orbax params, hf/" + (", peft/" if "peft" in written else "") + ")")
     return written

@@ -36,7 +36,12 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     items = build_sft_items(result.trajectories, dense, taxonomy, kb.ddx_graph(), config.generate,
                             config.generate.question_share, config.seed)
     if config.model.name == "tiny":
-        tokenizer = _build_tokenizer(config, workdir, items, dense, taxonomy, kb)
+        from skinr1_jax.train.distributed import main_process_first
+
+        # Process 0 builds and writes the tokenizer; the others load what it wrote.
+        with main_process_first("generate:tokenizer") as main:
+            tokenizer = (_build_tokenizer(config, workdir, items, dense, taxonomy, kb) if main
+                         else common.load_tokenizer(config, workdir))
         summary = summarize(result, tokenize=tokenizer.encode)
     else:
         summary = summarize(result)

@@ -82,7 +82,10 @@ def train(stage: str, config: ConfigDict, workdir: Path, *, model_cfg: Any, vari
     shardings = tstate.state_shardings(abstract_variables(model_cfg), optimizer, mesh, lora)
     state = tstate.state_from_variables(variables, optimizer, shardings,
                                         jax.random.key(config.seed), lora=lora)
-    sft_example, rl_example = example_batches
+    # The sources hand over this process's block of each batch; the step's input shardings
+    # follow the global shapes (a small per-process block must not decide them).
+    sft_example, rl_example = (None if b is None else sharding.global_shapes(b)
+                               for b in example_batches)
     train_step = tstep.make_train_step(apply_fn_for(model_cfg, grid), step_cfg, optimizer, mesh,
                                        shardings, sft_example=sft_example, rl_example=rl_example,
                                        credit=credit)
@@ -109,6 +112,7 @@ def train(stage: str, config: ConfigDict, workdir: Path, *, model_cfg: Any, vari
     try:
         for step in range(start, steps):
             sft_batch, rl_batch, extra = source.batches(state, step)
+            # Host blocks are assembled into global arrays; arrays already on the mesh stay.
             sft_batch = None if sft_batch is None else sharding.shard_batch(sft_batch, mesh)
             rl_batch = None if rl_batch is None else sharding.shard_batch(rl_batch, mesh)
             if compiled is None:
@@ -132,8 +136,10 @@ def train(stage: str, config: ConfigDict, workdir: Path, *, model_cfg: Any, vari
         bar.close()
         manager.close()
         writer.close()
+    # The variables stay on the mesh in their shardings (they may span hosts): save_model
+    # writes them collectively and RL samples with them in place.
     variables = tstate.merge_variables(state.trainable, state.frozen)
-    return TrainResult(jax.device_get(variables), steps, time.time() - t0, metrics)
+    return TrainResult(variables, steps, time.time() - t0, metrics)
 
 
 def _leaves(config: dict[str, Any], section: str) -> dict[str, Any]:
@@ -177,7 +183,7 @@ def _compile(stage: str, train_step, state, sft_batch, rl_batch):
 def restore_variables(config: ConfigDict, workdir: Path, stage: str, step: int, *,
                       model_cfg: Any, variables: Any) -> Any:
     """The model variables of checkpoint `step` of `stage` (e.g. RL from the epoch-4 SFT
-    checkpoint, as the paper does)."""
+    checkpoint, as the paper does), on the mesh in their shardings."""
     lora = model_cfg.lora.rank > 0
     mesh = sharding.make_mesh(config.mesh)
     # Same transformation chain as training, so the saved optimizer state has the same tree.
@@ -192,4 +198,4 @@ def restore_variables(config: ConfigDict, workdir: Path, stage: str, step: int, 
         restored = manager.restore(target, step=step)
     finally:
         manager.close()
-    return jax.device_get(tstate.merge_variables(restored.state.trainable, restored.state.frozen))
+    return tstate.merge_variables(restored.state.trainable, restored.state.frozen)

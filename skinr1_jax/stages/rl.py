@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
@@ -37,17 +38,23 @@ def build_questions(config: ConfigDict, examples: list[dict], taxonomy) -> list:
 
 
 class RolloutSource:
-    """Each step: sample G completions per question with the current policy, parse them,
-    and assemble the GRPO batch (prompt + completion, masks, reward inputs, reference
-    log-probs); plus an SFT batch when the objective is joint."""
+    """The rollout side of RL, between the mesh (the learner's state, already in its
+    shardings) and the learner (the jitted step). Each step, every process samples G
+    completions of its block of the global prompt batch with the current policy in place on
+    the mesh, parses its own completions into reward inputs, and the GRPO batch is assembled
+    on the mesh (`rollout.GRPOBatch`), with the reference log-probs computed there; plus an SFT
+    batch when the objective is joint. Nothing of the policy is copied to the host: only each
+    process's completions come back (`host_bytes`)."""
 
     def __init__(self, config: ConfigDict, workdir: Path, *, model_cfg: Any, tokenizer: Any,
-                 enc: Any, ref_variables: Any, logprob_fn: Any, sft_source: Any = None):
+                 enc: Any, mesh: Any, ref_variables: Any, logprob_fn: Any, sft_source: Any = None):
         from skinr1_jax.data import tasks
         from skinr1_jax.data.pipeline import BatchIterator, collate_prompts
+        from skinr1_jax.rollout import make_sampler
+        from skinr1_jax.train.distributed import data_shard
         from skinr1_jax.train.rewards import ResponseParser
 
-        self.config, self.model_cfg, self.tokenizer = config, model_cfg, tokenizer
+        self.config, self.model_cfg, self.tokenizer, self.mesh = config, model_cfg, tokenizer, mesh
         self.ref_variables, self.logprob_fn, self.sft_source = ref_variables, logprob_fn, sft_source
         self.taxonomy, _ = common.taxonomy_and_kb()
         sparse = common.dataset_splits(config, workdir)["sparse_train"]
@@ -55,11 +62,14 @@ class RolloutSource:
         self.questions = build_questions(config, sparse, self.taxonomy)
         encoded = [enc.question(q, images[q.example_id]) for q in self.questions]
         self.prompt_len = max(len(e["input_ids"]) for e in encoded)
-        bs = int(config.rl.batch_size)
+        shard, shards = data_shard()
         self.iterator = BatchIterator(
-            encoded, bs, config.seed, encode_fn=lambda e: e,
+            encoded, int(config.rl.batch_size), config.seed, shard_index=shard,
+            shard_count=shards, encode_fn=lambda e: e,
             collate_fn=lambda rows: collate_prompts(rows, self.prompt_len, tokenizer.pad_id,
-                                                    batch_size=bs))
+                                                    batch_size=self.iterator.rows))
+        self.first_group = shard * self.iterator.rows
+        self.sampler = make_sampler(model_cfg, tokenizer, mesh)
         self.grid = common.image_grid(encoded[0])
         # rl.mu > 1: each rollout batch serves mu consecutive updates (the step clips the ratio
         # against its sampled log-probs); this holds the batch of the current cycle.
@@ -70,16 +80,22 @@ class RolloutSource:
                                      final_tag=config.generate.final_tag,
                                      malignancy_classes=tasks.malignancy_classes_of(sparse))
         self.samples_path = workdir / "rl_samples.jsonl"
+        self.host_bytes = 0            # bytes read back from devices by the last step
 
     def example_batch(self) -> dict:
-        """A batch of the right structure for the step's input shardings (no sampling)."""
+        """This process's block of a batch of the right structure (no sampling): the loop
+        takes the step's input shardings from its global shapes."""
         state = self.iterator.get_state()
         prompts = next(self.iterator)
         self.iterator.restore(state)
         g, t = int(self.config.rl.num_generations), int(self.config.rl.max_new_tokens)
         rows = prompts["input_ids"].shape[0] * g
         fake = np.full((rows, t), self.tokenizer.pad_id, np.int32)
-        return self._assemble(prompts, fake, np.ones(rows, np.int32), [""] * rows)
+        batch = self._host_batch(prompts, fake, np.zeros((rows, t), np.float32),
+                                 np.ones(rows, np.int32), [""] * rows)
+        if float(self.config.rl.beta) != 0:
+            batch["ref_logprobs"] = np.zeros(batch["input_ids"].shape, np.float32)
+        return batch
 
     def batches(self, state, step: int):
         sft_batch = self.sft_source.next() if self.sft_source is not None else None
@@ -94,74 +110,48 @@ class RolloutSource:
 
     def _rollout_batch(self, state, step: int) -> tuple[dict, dict]:
         from skinr1_jax.rollout import sample_batch
+        from skinr1_jax.train import sharding
 
         prompts = next(self.iterator)
         rng = jax.random.fold_in(jax.random.key(self.config.seed + 1), step)
-        rollout = sample_batch(self.model_cfg, jax.device_get(state.variables), self.tokenizer,
-                               prompts, num_samples=int(self.config.rl.num_generations),
+        before = self.sampler.host_bytes
+        rollout = sample_batch(self.sampler, state.variables, self.tokenizer, prompts,
+                               num_samples=int(self.config.rl.num_generations),
                                temperature=float(self.config.rl.temperature),
                                top_k=int(self.config.rl.top_k), top_p=float(self.config.rl.top_p),
                                max_new_tokens=int(self.config.rl.max_new_tokens), rng=rng)
-        rl_batch = self._assemble(prompts, rollout.tokens, rollout.lengths, rollout.texts,
-                                  sampling_variables=state.variables)
-        if step % SAMPLE_LOG_EVERY == 0:
-            self._log_samples(step, prompts, rollout.texts)
-        extra = {"format_rate": float(np.mean(rl_batch["format_ok"])),
-                 "mean_length": float(np.mean(rollout.lengths))}
-        return rl_batch, extra
-
-    def _assemble(self, prompts: Mapping[str, Any], tokens: np.ndarray, lengths: np.ndarray,
-                  texts: list[str], sampling_variables: Any = None) -> dict:
-        """The GRPO batch; with mu > 1 its old_logprobs are the sampling policy's (zeros when
-        `sampling_variables` is None: the example batch, which only gives shapes)."""
-        from skinr1_jax.eval.evaluate import answer_node
-        from skinr1_jax.train.grpo import assign_group_ids
-
-        g = int(self.config.rl.num_generations)
-        b, p = prompts["input_ids"].shape
-        t = tokens.shape[1]
-        rep = lambda x: np.repeat(np.asarray(x), g, axis=0)
-        input_ids = np.concatenate([rep(prompts["input_ids"]), tokens.astype(np.int32)], axis=1)
-        steps = np.arange(t)[None, :]
-        completion = (steps < lengths[:, None]).astype(np.int32)
-        attention = np.concatenate([rep(prompts["attention_mask"]), completion], axis=1)
-        # Decoding continues every row's positions from its largest prompt position, on all
-        # three rotary axes (text tokens after the image), as the sampler does.
-        prompt_pos = np.repeat(prompts["position_ids"], g, axis=1)            # [3, B*G, P]
-        start = prompt_pos.max(axis=(0, 2)) + 1                               # [B*G]
-        comp_pos = np.broadcast_to(start[:, None] + steps, (3, b * g, t))
-        position_ids = np.concatenate([prompt_pos, comp_pos], axis=2).astype(np.int32)
-        completion_mask = np.concatenate([np.zeros((b * g, p), np.int32), completion], axis=1)
-        pixels = prompts["pixel_values"]
-        per_image = pixels.shape[0] // b
-        pixels = np.repeat(pixels.reshape(b, per_image, -1), g, axis=0).reshape(b * g * per_image, -1)
-        is_open = self.config.rl.task != "mcq"
-        resolver = (lambda final: answer_node(final, self.taxonomy)) if is_open else None
-        parsed = self.parser(texts, resolver)
-        batch = {
-            "input_ids": input_ids, "attention_mask": attention, "position_ids": position_ids,
-            "pixel_values": pixels.astype(np.float32), "completion_mask": completion_mask,
-            "group_ids": assign_group_ids(b, g),
-            "format_ok": parsed["format_ok"], "option": parsed["option"],
-            "malignancy_pred": parsed["malignancy_pred"],
-            "option_scores": rep(prompts["option_scores"]).astype(np.float32),
-            "malignancy_true": rep(prompts["malignancy_true"]).astype(np.int32),
-        }
-        if is_open:
-            batch["node_pred"] = parsed["node_pred"]
-            batch["node_true"] = rep(prompts["node_true"]).astype(np.int32)
-            batch["is_open"] = rep(prompts["is_open"]).astype(np.int32)
+        rl_batch = sharding.shard_batch(
+            self._host_batch(prompts, rollout.tokens, rollout.logprobs, rollout.lengths,
+                             rollout.texts), self.mesh)
         if self.mu > 1:
             # The sampled tokens' log-probs under the sampling policy, from the step's own forward
             # (as TRL does for num_iterations > 1): the sampler's differ slightly (it renormalises
             # over the ids it suppresses), and the first update's ratio must be exactly 1.
-            batch["old_logprobs"] = (np.zeros(input_ids.shape, np.float32) if sampling_variables is None
-                                     else np.asarray(self.logprob_fn(sampling_variables, batch)))
+            rl_batch["old_logprobs"] = self.logprob_fn(state.variables, rl_batch)
         if float(self.config.rl.beta) != 0:
-            batch["ref_logprobs"] = np.asarray(self.logprob_fn(self.ref_variables, batch))
-        return batch
+            rl_batch["ref_logprobs"] = self.logprob_fn(self.ref_variables, rl_batch)
+        if step % SAMPLE_LOG_EVERY == 0:
+            self._log_samples(step, prompts, rollout.texts)
+        extra = _global_means(rl_batch["format_ok"], rl_batch["completion_mask"])
+        self.host_bytes = self.sampler.host_bytes - before + 8   # + the two scalars above
+        return rl_batch, extra
+
+    def _host_batch(self, prompts: Mapping[str, Any], tokens: np.ndarray, logprobs: np.ndarray,
+                    lengths: np.ndarray, texts: list[str]) -> dict:
+        from skinr1_jax.eval.evaluate import answer_node
+        from skinr1_jax.rollout import grpo_batch
+
+        is_open = self.config.rl.task != "mcq"
+        resolver = (lambda final: answer_node(final, self.taxonomy)) if is_open else None
+        return grpo_batch(prompts, tokens, logprobs, lengths, self.parser(texts, resolver),
+                          num_generations=int(self.config.rl.num_generations),
+                          first_group=self.first_group, open_ended=is_open).arrays()
 
     def _log_samples(self, step: int, prompts: Mapping[str, Any], texts: list[str]) -> None:
+        from skinr1_jax.train.distributed import is_main_process
+
+        if not is_main_process():      # process 0's first prompts stand for the step
+            return
         g = int(self.config.rl.num_generations)
         rows = [{"step": step, "example_id": prompts["example_ids"][i // g], "completion": texts[i]}
                 for i in range(0, min(len(texts), 2 * g))]
@@ -178,6 +168,18 @@ class RolloutSource:
         self.iterator.restore({k[3:]: v for k, v in data_state.items() if k.startswith("rl_")})
         if self.sft_source is not None:
             self.sft_source.restore(data_state)
+
+
+@jax.jit
+def _means(format_ok: jax.Array, completion_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return (jnp.mean(format_ok.astype(jnp.float32)),
+            jnp.mean(jnp.sum(completion_mask, axis=1).astype(jnp.float32)))
+
+
+def _global_means(format_ok: jax.Array, completion_mask: jax.Array) -> dict[str, float]:
+    """Format rate and mean completion length over the global batch (every process's rows)."""
+    fmt, length = _means(format_ok, completion_mask)
+    return {"format_rate": float(fmt), "mean_length": float(length)}
 
 
 def initial_policy(config: ConfigDict, workdir: Path, model_cfg: Any, tokenizer: Any) -> Any:
@@ -225,7 +227,8 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     ref_variables = (jax.device_put(policy, var_shardings) if float(config.rl.beta) != 0
                      else None)
     source = RolloutSource(config, workdir, model_cfg=model_cfg, tokenizer=tokenizer, enc=enc,
-                           ref_variables=ref_variables, logprob_fn=None, sft_source=sft_source)
+                           mesh=mesh, ref_variables=ref_variables, logprob_fn=None,
+                           sft_source=sft_source)
     grid = source.grid
     if ref_variables is not None or int(config.rl.mu) > 1:      # ref_logprobs, old_logprobs
         source.logprob_fn = make_logprob_fn(apply_fn_for(model_cfg, grid),

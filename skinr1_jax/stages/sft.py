@@ -18,18 +18,18 @@ class ItemSource:
     def __init__(self, items: list[dict], images: Mapping[str, Any], enc: Any, tokenizer: Any, *,
                  seq_len: int, batch_size: int, seed: int):
         from skinr1_jax.data.pipeline import BatchIterator, collate_sft
-        from skinr1_jax.train.distributed import data_shard, per_process_batch
+        from skinr1_jax.train.distributed import data_shard
 
         self.items = items
-        # Each process reads its own shard and loads its slice of the global batch.
+        # Each process encodes only its block of every global batch.
         shard, shards = data_shard()
         pad = tokenizer.pad_id
-        bs = per_process_batch(int(batch_size))
         self.iterator = BatchIterator(
-            items, bs, seed, shard_index=shard, shard_count=shards,
+            items, int(batch_size), seed, shard_index=shard, shard_count=shards,
             encode_fn=lambda it: enc.sft(it["prompt"], it["response"], images[it["example_id"]],
                                          it["example_id"]),
-            collate_fn=lambda rows: collate_sft(rows, int(seq_len), pad, batch_size=bs))
+            collate_fn=lambda rows: collate_sft(rows, int(seq_len), pad,
+                                                batch_size=self.iterator.rows))
         first = items[0]
         self.grid = common.image_grid(enc.sft(first["prompt"], "", images[first["example_id"]],
                                               first["example_id"]))

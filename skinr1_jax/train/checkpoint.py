@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
@@ -201,14 +202,21 @@ def save_params(path: str | os.PathLike, tree: Any) -> None:
 
 def load_params(path: str | os.PathLike, abstract_tree: Any = None) -> Any:
     """Load a `save_params` checkpoint; with `abstract_tree` (ShapeDtypeStructs with
-    shardings, or arrays) onto those shardings, else as saved."""
+    shardings, or arrays) onto those shardings, else as host numpy arrays. Host arrays do not
+    depend on the devices that saved the checkpoint, so a model written by several processes
+    loads in one (and the reverse)."""
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
         raise CheckpointError(f"parameter checkpoint {path} does not exist")
     try:
+        if abstract_tree is None:
+            with ocp.PyTreeCheckpointer() as ckptr:
+                meta = ckptr.metadata(path)
+                tree = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
+                as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree,
+                                        is_leaf=lambda x: hasattr(x, "shape"))
+                return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
         with ocp.StandardCheckpointer() as ckptr:
-            if abstract_tree is None:
-                return ckptr.restore(path)
             return ckptr.restore(path, _abstract(abstract_tree))
     except Exception as e:
         raise CheckpointError(f"parameter checkpoint {path} is incomplete, corrupt or does not "

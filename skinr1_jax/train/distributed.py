@@ -3,8 +3,9 @@ each process reads."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import jax
 
@@ -58,13 +59,27 @@ def data_shard() -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
-def per_process_batch(global_batch: int) -> int:
-    """Rows this process loads for a global batch of `global_batch` rows."""
-    count = jax.process_count()
-    if global_batch % count:
-        raise ValueError(f"global batch {global_batch} is not divisible by the {count} processes")
-    return global_batch // count
-
-
 def is_main_process() -> bool:
     return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches the barrier `name` (a no-op on one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+@contextlib.contextmanager
+def main_process_first(name: str) -> Iterator[bool]:
+    """Run the block on process 0 first, then on the others (e.g. process 0 builds a dataset
+    once; the others then find it built). Yields whether this is the main process."""
+    main = is_main_process()
+    if not main:
+        barrier(name)
+    try:
+        yield main
+    finally:
+        if main:
+            barrier(name)

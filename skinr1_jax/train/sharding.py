@@ -130,6 +130,13 @@ def param_shardings(variables: Any, mesh: Mesh) -> Any:
         one, variables, is_leaf=lambda x: isinstance(x, meta.AxisMetadata))
 
 
+def place_variables(variables: Any, boxed_abstract: Any, mesh: Mesh) -> Any:
+    """`variables` (host arrays, or arrays in any sharding) in their `param_shardings` on the
+    mesh. Host arrays must be equal on every process (each keeps only its shards); arrays
+    already in place are not copied."""
+    return jax.device_put(dict(variables), param_shardings(boxed_abstract, mesh))
+
+
 def opt_state_shardings(optimizer: optax.GradientTransformation, abstract_params: Any,
                         params_shardings: Any, mesh: Mesh) -> Any:
     """Shardings of `optimizer.init(params)`: parameter-shaped leaves follow their parameter,
@@ -169,21 +176,79 @@ def batch_shardings(batch: Any, mesh: Mesh) -> Any:
     return jax.tree_util.tree_map_with_path(one, batch)
 
 
-def shard_batch(batch: Any, mesh: Mesh) -> Any:
-    """Place a host batch (numpy) onto the mesh with `batch_shardings`.
-
-    On several processes each one passes its own slice of the global batch (its data shard).
-    """
-    if jax.process_count() == 1:
-        return jax.device_put(batch, batch_shardings(batch, mesh))
-    def global_shape(path, x):
-        _, bdim = _batch_dim(path)
-        shape = list(x.shape)
+def _global_shape(path, x) -> jax.ShapeDtypeStruct:
+    """The global shape of a batch leaf: a jax Array already is global; a host array is this
+    process's block, and every process holds the same number of rows."""
+    if isinstance(x, jax.Array):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype)
+    _, bdim = _batch_dim(path)
+    shape = list(np.shape(x))
+    if len(shape) > bdim:
         shape[bdim] *= jax.process_count()
-        return jax.ShapeDtypeStruct(tuple(shape), x.dtype)
-    global_shapes = jax.tree_util.tree_map_with_path(global_shape, batch)
-    shardings = batch_shardings(global_shapes, mesh)
-    return jax.tree.map(jax.make_array_from_process_local_data, shardings, batch)
+    return jax.ShapeDtypeStruct(tuple(shape), x.dtype)
+
+
+def global_shapes(batch: Any) -> Any:
+    """ShapeDtypeStructs of the global batch whose process-local block is `batch` (host arrays
+    or ShapeDtypeStructs). Input shardings of a jitted step are built from these, never from
+    the local example, so a small per-process batch gets the shardings of the global one."""
+    return jax.tree_util.tree_map_with_path(_global_shape, batch)
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+    """The global batch on the mesh (`batch_shardings`) from this process's block of rows.
+
+    Each process passes its L rows (what `data.pipeline.BatchIterator` hands it: block p of
+    the global batch), laid out on the rows its devices hold (on a process-major mesh, rows
+    [p * L, (p + 1) * L)). Leaves that are already jax Arrays (say
+    reference log-probs computed on device) are global: they are resharded on device, never
+    copied to the host. A global batch too small to split over the batch axes is replicated:
+    its host rows (data, never parameters) are gathered from every process first.
+    """
+    from jax.experimental import multihost_utils
+
+    host = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else np.asarray(x), batch)
+    shapes = jax.tree_util.tree_map_with_path(_global_shape, host)
+    shardings = batch_shardings(shapes, mesh)
+
+    def place(path, x, sharding, shape):
+        if isinstance(x, jax.Array) or jax.process_count() == 1:
+            return jax.device_put(x, sharding)
+        if sharding.is_fully_replicated:
+            _, bdim = _batch_dim(path)
+            rows = np.moveaxis(x, bdim, 0) if x.ndim > bdim else x[None]
+            full = np.asarray(multihost_utils.process_allgather(rows, tiled=True))
+            return jax.device_put(np.moveaxis(full, 0, bdim) if x.ndim > bdim else full[0],
+                                  sharding)
+        return jax.make_array_from_process_local_data(sharding, x, shape.shape)
+    return jax.tree_util.tree_map_with_path(place, host, shardings, shapes)
+
+
+def local_rows(x: jax.Array, batch_dim: int = 0) -> np.ndarray:
+    """This process's rows of a global batch-major array, as numpy: the inverse of
+    `shard_batch` (the rows its devices hold, in order, as `make_array_from_process_local_data`
+    laid them out; block p of an array replicated over processes). Only these rows cross from
+    device to host: a process never pulls rows another process owns."""
+    count, index = jax.process_count(), jax.process_index()
+    rows = x.shape[batch_dim]
+    if count == 1:
+        return np.asarray(x)
+    if rows % count:
+        raise ValueError(f"{rows} rows do not split over {count} processes")
+    ranges: dict[int, tuple[int, Any]] = {}
+    for shard in x.addressable_shards:
+        sl = shard.index[batch_dim]
+        start, stop = sl.start or 0, rows if sl.stop is None else sl.stop
+        ranges.setdefault(start, (stop, shard.data))
+    if any(start == 0 and stop == rows for start, (stop, _) in ranges.items()):
+        data = ranges[0][1]     # every process holds every row: take block p
+        lo, hi = index * rows // count, (index + 1) * rows // count
+        return np.asarray(jax.lax.slice_in_dim(data, lo, hi, axis=batch_dim))
+    out = np.concatenate([np.asarray(ranges[s][1]) for s in sorted(ranges)], axis=batch_dim)
+    if out.shape[batch_dim] != rows // count:
+        raise ValueError(f"process {index}'s devices hold {out.shape[batch_dim]} of {rows} rows, "
+                         f"not 1/{count}: the batch axes do not split rows by process")
+    return out
 
 
 def constrain(x: jax.Array, names: Sequence[str | None], mesh: Mesh | None = None) -> jax.Array:

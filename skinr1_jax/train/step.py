@@ -281,10 +281,12 @@ def make_logprob_fn(apply_fn: ApplyFn, temperature: float, mesh: Mesh, variables
         inputs = model_inputs(batch)
         logits = apply_fn(variables, inputs, jax.random.PRNGKey(0), True)
         logits = shd.constrain(logits, ("batch", "length", "act_vocab"), mesh)
-        return losses.token_logprobs(logits, inputs["input_ids"], temperature)
+        # Sharded like the batch's [B, S] arrays (replicated when B does not divide), so the
+        # result joins the batch on device.
+        return shd.constrain(losses.token_logprobs(logits, inputs["input_ids"], temperature),
+                             ("batch", "length"), mesh)
 
-    jitted = jax.jit(fn, in_shardings=(variables_shardings, None),
-                     out_shardings=shd.batch_sharding(mesh, 2))
+    jitted = jax.jit(fn, in_shardings=(variables_shardings, None))
 
     def call(variables, batch):
         with shd.mesh_context(mesh):
