@@ -118,14 +118,13 @@ def main(argv: list[str]) -> int:
         return int(module.command(config, FLAGS) or 0)
 
     from skinr1_jax.train.distributed import barrier, maybe_initialize_distributed
+    from skinr1_jax.train.host import retain_freed_host_memory, runs_on_cpu_only
 
+    if runs_on_cpu_only():
+        # Before any backend starts: threads created earlier keep their own malloc arenas,
+        # and XLA:CPU would page-fault its step buffer in again on every step.
+        retain_freed_host_memory()
     maybe_initialize_distributed()  # no-op on one host; pods and SLURM jobs join here
-    import jax
-
-    if jax.default_backend() == "cpu":
-        from skinr1_jax.train.host import retain_freed_host_memory
-
-        retain_freed_host_memory()  # else XLA:CPU page-faults its step buffer in on every step
     workdir = _setup_workdir(config)
     for stage in _stages(FLAGS.stages):
         module = importlib.import_module(f"skinr1_jax.stages.{stage}")

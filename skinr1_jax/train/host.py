@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.util
+import os
 import sys
 
 # glibc mallopt parameters (malloc.h).
@@ -35,3 +37,13 @@ def retain_freed_host_memory() -> bool:
                     and libc.mallopt(_M_ARENA_MAX, 1))
     except (OSError, AttributeError):
         return False
+
+
+def runs_on_cpu_only() -> bool:
+    """Whether JAX will pick the CPU backend, decided without starting a backend (so that
+    `retain_freed_host_memory` can run before XLA's thread pools exist): JAX_PLATFORMS when
+    set, else whether an accelerator plugin (jax_plugins.*, libtpu) is installed."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    return not any(importlib.util.find_spec(m) for m in ("jax_plugins", "libtpu"))
