@@ -75,8 +75,11 @@ def get_config() -> ConfigDict:
         batch_size=16,
         learning_rate=2e-3,
         warmup_ratio=0.03,
-        max_seq_len=96,         # chat template, image tokens, prompt and caption: ~75
-        keep="vision",          # vision (the aligned tower + merger, fresh LM) | all
+        max_seq_len=224,        # chat template, image tokens, 4-option prompt, answer: ~205
+        # Concept questions per image (data/captions.py): the 4-option prompt about findings,
+        # answered by letter, so the base follows the answer format without disease knowledge.
+        questions_per_image=1,
+        keep="all",             # all | vision (the aligned tower + merger, fresh LM)
     ))
 
     c.sft = ConfigDict(dict(
@@ -107,9 +110,9 @@ def get_config() -> ConfigDict:
         loss_agg="seq_mean",    # seq_mean (paper) | token_mean
         lambda_sft=0.5,         # joint objective: lambda_sft * SFT + lambda_rl * GRPO
         lambda_rl=1.0,
-        # mcq (the paper's 4-option form) | open (taxonomy-distance reward) | mixed. The tiny
-        # default's 4-option accuracy stays at chance after SFT, so its RL budget goes to `open`.
-        task="open",
+        # mcq (the paper's 4-option form) | open (taxonomy-distance reward) | mixed. The paper's
+        # form, learnable now that pretraining teaches the base to answer by letter.
+        task="mcq",
         init_from="sft",        # sft | base (the paper's "RL without SFT" ablation)
         init_sft_step=0,        # SFT checkpoint step RL starts from; 0 = the final one
         reward=ConfigDict(dict(

@@ -3,10 +3,11 @@
 nothing but the files), then the means over seeds with 95% t-intervals go to
 <workdir>/ablations.json and ablations.md.
 
-No variant changes the `pretrain` stage, and with `pretrain.keep = "vision"` its output (an
-aligned vision tower on the seed's random language model) does not depend on the tokenizer a
-variant's trajectories build, so it runs once per seed in <workdir>/pretrain/seed<k> and every
-variant of that seed starts from a copy of its models/base."""
+No variant changes the `pretrain` stage, and its output does not depend on the variant: with
+`pretrain.keep = "vision"` (an aligned vision tower on the seed's random language model) not on
+the tokenizer a variant's trajectories build, with `keep = "all"` only when no variant changes
+the generate stage that builds it. Then it runs once per seed in <workdir>/pretrain/seed<k> and
+every variant of that seed starts from a copy of its models/base."""
 
 from __future__ import annotations
 
@@ -95,15 +96,20 @@ def command(config: ConfigDict, flags: Any) -> int:
 
 def shares_pretraining(config: ConfigDict) -> bool:
     """Whether the variants of a seed can start from one pretrain run (see the module doc);
-    refuses variants that override pretrain settings, which would make the sharing wrong."""
-    if int(config.pretrain.steps) == 0 or config.pretrain.keep != "vision":
+    refuses variants that override pretrain settings, which would make the sharing wrong. With
+    `pretrain.keep = "all"` the aligned language model's rows are the ids of the tokenizer the
+    generate stage builds from the trajectories, so it is shared only when no variant changes
+    `generate.*` (the tokenizer is deterministic given those)."""
+    if int(config.pretrain.steps) == 0:
         return False
-    bad = [v for v, o in config.ablation.variants.items()
-           if any(f.startswith("--config.pretrain.") for f in override_flags(o))]
+    flags = {v: override_flags(o) for v, o in config.ablation.variants.items()}
+    bad = [v for v, fs in flags.items() if any(f.startswith("--config.pretrain.") for f in fs)]
     if bad:
         raise ValueError(f"ablation variants {bad} override pretrain.*, but the pretrain stage "
                          "is shared by every variant of a seed")
-    return True
+    if config.pretrain.keep == "vision":
+        return True
+    return not any(f.startswith("--config.generate.") for fs in flags.values() for f in fs)
 
 
 def ablation_markdown(table: dict[str, dict[str, tuple[float, float]]], seeds: int) -> str:

@@ -28,7 +28,7 @@ def kept_variables(trained: dict, initial: dict, keep: str) -> dict:
 
 
 def run(config: ConfigDict, workdir: Path) -> dict:
-    from skinr1_jax.data.captions import caption_items
+    from skinr1_jax.data.captions import alignment_items
     from skinr1_jax.model.saved import save_model
     from skinr1_jax.stages.loop import train
     from skinr1_jax.stages.sft import ItemSource
@@ -41,12 +41,14 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     tokenizer = common.load_tokenizer(config, workdir)
     model_cfg = common.model_config(config, tokenizer)
     dense = common.dataset_splits(config, workdir)["dense_train"]
-    items = caption_items(dense)
+    items = alignment_items(dense, questions_per_image=int(config.pretrain.questions_per_image),
+                            seed=config.seed, think_tag=config.generate.think_tag,
+                            final_tag=config.generate.final_tag)
     source = ItemSource(items, {str(e["id"]): e["image"] for e in dense},
                         common.encoder(config, tokenizer, model_cfg), tokenizer,
                         seq_len=int(config.pretrain.max_seq_len),
                         batch_size=int(config.pretrain.batch_size), seed=config.seed + 2)
-    print(f"[pretrain] {len(items)} captions ({len(items) / config.pretrain.batch_size:.0f} steps "
+    print(f"[pretrain] {len(items)} captions and concept questions ({len(items) / config.pretrain.batch_size:.0f} steps "
           f"per epoch), {steps} steps of {config.pretrain.batch_size}")
     initial = common.initial_variables(config, model_cfg)
     result = train("pretrain", config, workdir, model_cfg=model_cfg, variables=initial,
