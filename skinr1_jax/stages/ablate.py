@@ -7,7 +7,9 @@ No variant changes the `pretrain` stage, and its output does not depend on the v
 `pretrain.keep = "vision"` (an aligned vision tower on the seed's random language model) not on
 the tokenizer a variant's trajectories build, with `keep = "all"` only when no variant changes
 the generate stage that builds it. Then it runs once per seed in <workdir>/pretrain/seed<k> and
-every variant of that seed starts from a copy of its models/base."""
+every variant of that seed starts from a copy of its models/base. Likewise the variants that
+change nothing SFT depends on (only rl.* or eval.*) share one SFT run per seed in
+<workdir>/sft/seed<k> and run only their RL and evaluation."""
 
 from __future__ import annotations
 
@@ -67,6 +69,18 @@ def command(config: ConfigDict, flags: Any) -> int:
         subprocess.run(cmd, check=True)
 
     shared = shares_pretraining(config)
+
+    def shared_model(seed: int, name: str) -> Path:
+        """models/<name> (base or sft) of the seed's shared run, run once: base by the pretrain
+        stage in <root>/pretrain/seed<k>, sft from it in <root>/sft/seed<k>."""
+        stage = {"base": "pretrain", "sft": "sft"}[name]
+        folder = root / stage / f"seed{seed}"
+        if not (folder / "models" / name / "model_config.json").exists():
+            if name == "sft":
+                copy_model(shared_model(seed, "base"), folder, "base")
+            launch(folder, seed, [f"--stages=generate,{stage}"], stage)
+        return folder / "models" / name
+
     runs: dict[str, list[dict]] = {}
     for variant, overrides in config.ablation.variants.items():
         runs[variant] = []
@@ -76,11 +90,11 @@ def command(config: ConfigDict, flags: Any) -> int:
             if not results.exists():
                 extra = override_flags(overrides)
                 if shared:
-                    base = root / "pretrain" / f"seed{seed}" / "models" / "base"
-                    if not (base / "model_config.json").exists():
-                        launch(base.parent.parent, seed, ["--stages=generate,pretrain"], "pretrain")
-                    if not (workdir / "models" / "base").exists():
-                        shutil.copytree(base, workdir / "models" / "base")
+                    copy_model(shared_model(seed, "base"), workdir, "base")
+                if shared and shares_sft(extra):
+                    copy_model(shared_model(seed, "sft"), workdir, "sft")
+                    extra.append("--stages=generate,rl,eval")
+                elif shared:
                     extra.append("--stages=generate,sft,rl,eval")
                 launch(workdir, seed, extra, variant)
             model = json.loads(results.read_text())
@@ -92,6 +106,24 @@ def command(config: ConfigDict, flags: Any) -> int:
     common.write_atomic(root / "ablations.md", md)
     print(md)
     return 0
+
+
+# Sections whose overrides change the SFT model (the `generate` stage builds its data).
+SFT_SECTIONS = ("seed", "data", "model", "generate", "pretrain", "sft")
+
+
+def shares_sft(flags: list[str]) -> bool:
+    """Whether a variant (given its override flags) starts RL from the seed's shared SFT model:
+    when it changes nothing the SFT stage depends on, so only its RL and evaluation run."""
+    return not any(f[len("--config."):].split("=")[0].split(".")[0] in SFT_SECTIONS
+                   for f in flags)
+
+
+def copy_model(model: Path, workdir: Path, name: str) -> None:
+    """models/<name> of `workdir` as a copy of a shared run's `model` folder."""
+    target = workdir / "models" / name
+    if not (target / "model_config.json").exists():
+        shutil.copytree(model, target, dirs_exist_ok=True)
 
 
 def shares_pretraining(config: ConfigDict) -> bool:
