@@ -82,3 +82,15 @@ def test_pretraining_is_shared_only_when_no_variant_changes_it():
     config.ablation.variants.short_pretrain = "--config.pretrain.steps=5"
     with pytest.raises(ValueError, match="short_pretrain"):
         shares_pretraining(config)
+
+
+def test_only_rl_and_eval_variants_share_the_sft_model():
+    from configs import ablations
+    from skinr1_jax.stages.ablate import shares_sft
+
+    variants = ablations.get_config().ablation.variants
+    shared = {v for v, o in variants.items() if shares_sft(override_flags(o))}
+    assert shared == {"sft_only", "full", "flat_reward"}
+    assert not shares_sft(["--config.generate.types=('basic',)"])
+    assert not shares_sft(["--config.seed=3"])
+    assert shares_sft(["--config.eval.max_examples=10", "--config.rl.beta=0"])
