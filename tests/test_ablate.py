@@ -90,7 +90,7 @@ def test_only_rl_and_eval_variants_share_the_sft_model():
 
     variants = ablations.get_config().ablation.variants
     shared = {v for v, o in variants.items() if shares_sft(override_flags(o))}
-    assert shared == {"sft_only", "full", "flat_reward"}
+    assert shared == {"sft_only", "full", "flat_reward"}  # not base, rl_without_sft, no_ddx_step
     assert not shares_sft(["--config.generate.types=('basic',)"])
     assert not shares_sft(["--config.seed=3"])
     assert shares_sft(["--config.eval.max_examples=10", "--config.rl.beta=0"])

@@ -32,17 +32,6 @@ def final_field(question: tasks.Question, taxonomy: Taxonomy) -> str:
     return f"{letter}: {question.options[question.answer]}, {malignancy}"
 
 
-def option_bridge(question: tasks.Question) -> str:
-    """The thinking's last sentence for an option question: it names the chosen option's text,
-    as the pretraining concept questions do (data/captions.py), so the letter that follows is a
-    lookup of that text among the options rather than a map from the diagnosis straight to a
-    shuffled letter, which the tiny model did not learn (4-option accuracy at chance). Empty
-    for the open-ended form, whose final field is the name itself."""
-    if question.answer < 0:
-        return ""
-    return f" Of the options, {question.options[question.answer]} fits best."
-
-
 def build_sft_items(trajectories: Sequence[Mapping[str, Any]],
                     examples: Sequence[Mapping[str, Any]], taxonomy: Taxonomy, ddx_graph: Any,
                     generate_cfg: Any, question_share: float, seed: int) -> list[dict[str, Any]]:
@@ -79,8 +68,7 @@ def build_sft_items(trajectories: Sequence[Mapping[str, Any]],
             raise ValueError(f"trajectory {n} ({traj['type']}) is not <{think}>..</{think}><{diag}>..</{diag}>")
         kind = kinds[int(rng.choice(len(kinds), p=weights))]
         question = banks[kind].get(example_id) or banks["mcq"][example_id]
-        response = (f"<{think}>{parts[0]}{option_bridge(question)}</{think}>\n"
-                    f"<{final}>{final_field(question, taxonomy)}</{final}>")
+        response = f"<{think}>{parts[0]}</{think}>\n<{final}>{final_field(question, taxonomy)}</{final}>"
         items.append({"example_id": example_id, "prompt": question.prompt, "response": response,
                       "kind": f"question_{question.kind}"})
     return items
