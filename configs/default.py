@@ -76,6 +76,12 @@ def get_config() -> ConfigDict:
         learning_rate=2e-3,
         warmup_ratio=0.03,
         max_seq_len=96,         # chat template, image tokens, prompt and caption: ~75
+        # Concept questions per image (data/captions.py): the 4-option prompt about findings,
+        # answered by letter, so that with keep=all the base follows the answer format without
+        # disease knowledge (needs max_seq_len 224). 0 here: with 1 and keep=all (measured on
+        # 2 seeds at a reduced budget, README "Ablations") the 4-option sets stayed at chance
+        # after SFT and RL and SFT collapsed to one disease on one seed.
+        questions_per_image=0,
         keep="vision",          # vision (the aligned tower + merger, fresh LM) | all
     ))
 

@@ -69,12 +69,28 @@ def test_pretraining_is_shared_only_when_no_variant_changes_it():
     from skinr1_jax.stages.ablate import shares_pretraining
 
     config = ablations.get_config()
-    assert shares_pretraining(config) == (config.pretrain.steps > 0
-                                          and config.pretrain.keep == "vision")
-    config.pretrain.keep = "all"        # the aligned language model depends on the tokenizer
+    config.pretrain.keep = "all"
+    config.ablation.variants.no_ddx_step = "--config.generate.types=('basic',)"
+    # The aligned language model depends on the tokenizer, which generate.* changes.
     assert not shares_pretraining(config)
+    del config.ablation.variants["no_ddx_step"]
+    assert shares_pretraining(config) == (config.pretrain.steps > 0)
     config.pretrain.keep = "vision"
+    config.ablation.variants.no_ddx_step = "--config.generate.types=('basic',)"
+    assert shares_pretraining(config) == (config.pretrain.steps > 0)
     config.pretrain.steps = 10
     config.ablation.variants.short_pretrain = "--config.pretrain.steps=5"
     with pytest.raises(ValueError, match="short_pretrain"):
         shares_pretraining(config)
+
+
+def test_only_rl_and_eval_variants_share_the_sft_model():
+    from configs import ablations
+    from skinr1_jax.stages.ablate import shares_sft
+
+    variants = ablations.get_config().ablation.variants
+    shared = {v for v, o in variants.items() if shares_sft(override_flags(o))}
+    assert shared == {"sft_only", "full", "flat_reward"}  # not base, rl_without_sft, no_ddx_step
+    assert not shares_sft(["--config.generate.types=('basic',)"])
+    assert not shares_sft(["--config.seed=3"])
+    assert shares_sft(["--config.eval.max_examples=10", "--config.rl.beta=0"])

@@ -52,3 +52,48 @@ def test_kept_vision_joins_the_initial_language_model():
     assert kept_variables(trained, initial, "all") is trained
     with pytest.raises(ValueError, match="pretrain.keep"):
         kept_variables(trained, initial, "text")
+
+
+def _annotated(n: int) -> list[dict]:
+    concept_sets = [["plaque", "scale", "erythema"], ["macule", "hyperpigmentation"],
+                    ["papule", "umbilicated"], ["nodule", "ulcer", "crust"]]
+    return [{**_example(i, concept_sets[i % 4]), "malignancy": "benign", "node": 1}
+            for i in range(n)]
+
+
+def test_concept_question_is_the_mcq_format_answered_by_the_visible_finding():
+    from skinr1_jax.data import prompts, tasks
+    from skinr1_jax.data.captions import CONCEPT_QUESTION, concept_pool, concept_question
+    from skinr1_jax.train.rewards import parse_responses
+
+    examples = _annotated(8)
+    pool = concept_pool(examples)
+    fmt = tasks.TaskFormat()
+    for ex in examples:
+        item = concept_question(ex, pool, tasks.example_rng(0, ex["id"], "c"), fmt)
+        lines = item["prompt"].split("\n")
+        assert lines[0] == CONCEPT_QUESTION
+        options = [line.split(": ", 1)[1] for line in lines[1:5]]
+        # The rest of the prompt is exactly the real option question's instructions.
+        assert item["prompt"] == prompts.mcq_prompt(options, question=CONCEPT_QUESTION)
+        parsed = parse_responses([item["response"]])
+        assert parsed["format_ok"][0] == 1
+        chosen = options[parsed["option"][0]]
+        visible = T.findings(ex["concepts"])
+        assert chosen in visible
+        assert sum(o in visible for o in options) == 1
+        assert "psoriasis" not in item["prompt"] + item["response"]
+
+
+def test_alignment_items_add_questions_with_varied_letters():
+    from skinr1_jax.data.captions import alignment_items
+    from skinr1_jax.train.rewards import parse_responses
+
+    examples = _annotated(40)
+    assert alignment_items(examples, questions_per_image=0, seed=0) == caption_items(examples)
+    items = alignment_items(examples, questions_per_image=2, seed=0)
+    questions = [it for it in items if it["kind"] == "concept_question"]
+    assert len(items) == 3 * 40 and len(questions) == 80
+    letters = parse_responses([q["response"] for q in questions])["option"]
+    assert set(letters.tolist()) == {0, 1, 2, 3}
+    assert items == alignment_items(examples, questions_per_image=2, seed=0)

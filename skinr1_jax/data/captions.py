@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
+from skinr1_jax.data import prompts, tasks
 from skinr1_jax.trajectories import templates as T
 
 CAPTION_PROMPT = "Describe the visible skin findings in this image."
@@ -34,4 +37,63 @@ def caption_items(examples: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]
     if not items:
         raise ValueError("caption_items: no example has concept annotations to caption; a "
                          "label-only dataset needs a model that already sees (pretrain.steps=0)")
+    return items
+
+
+# --- Visual instruction items: the answer-by-letter skill, without disease knowledge. ---
+#
+# The paper's base (Qwen2.5-VL-Instruct) already answers an option question by letter; a
+# random tiny model does not, and SFT alone did not teach it to map a named diagnosis to a
+# shuffled letter (4-option accuracy stayed at chance). These items ask the real 4-option
+# prompt (same wording, tags and option layout as data/tasks.py) about the image's *findings*:
+# one option is a concept the renderer drew, three are concepts it did not. The thinking lists
+# the findings and names the visible option; the final field gives its letter then its text.
+# Options are concept words only, never a disease, so the model learns the format and the
+# letter lookup while what the image means diagnostically stays for SFT and RL.
+
+CONCEPT_QUESTION = "Which of these findings is visible in this image?"
+
+
+def concept_pool(examples: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """Every concept annotated on any example (sorted): the distractor pool."""
+    return tuple(sorted({str(c) for ex in examples for c in ex.get("concepts", ())}))
+
+
+def concept_question(example: Mapping[str, Any], pool: Sequence[str], rng: np.random.Generator,
+                     fmt: tasks.TaskFormat, n_options: int = 4) -> dict[str, str]:
+    """One {example_id, prompt, response, kind} concept question for an annotated example."""
+    present = [str(c) for c in example["concepts"]]
+    absent = sorted(set(pool) - set(present))
+    if not present or len(absent) < n_options - 1:
+        raise ValueError(f"example {example.get('id')!r}: needs a concept and {n_options - 1} "
+                         f"absent ones in the pool, has {len(present)} and {len(absent)}")
+    answer = present[int(rng.integers(len(present)))]
+    picked = [answer] + [absent[j] for j in rng.choice(len(absent), n_options - 1, replace=False)]
+    words = [T.findings([picked[j]])[0] for j in rng.permutation(n_options)]
+    word = T.findings([answer])[0]
+    letter = prompts.LETTERS[words.index(word)]
+    prompt = prompts.mcq_prompt(words, question=CONCEPT_QUESTION, think_tag=fmt.think_tag,
+                                final_tag=fmt.final_tag, malignancy_classes=fmt.malignancy_classes)
+    think, final = fmt.think_tag, fmt.final_tag
+    response = (f"<{think}>{caption(present)} Of the options, {word} is visible.</{think}>\n"
+                f"<{final}>{letter}: {word}</{final}>")
+    return {"example_id": str(example["id"]), "prompt": prompt, "response": response,
+            "kind": "concept_question"}
+
+
+def alignment_items(examples: Sequence[Mapping[str, Any]], *, questions_per_image: int,
+                    seed: int, think_tag: str = "thinking",
+                    final_tag: str = "final diagnosis") -> list[dict[str, str]]:
+    """The pretrain set: every caption, then `questions_per_image` concept questions per
+    annotated example (each from its own stable generator, so letters and distractors vary)."""
+    items = caption_items(examples)
+    if questions_per_image <= 0:
+        return items
+    annotated = [ex for ex in examples if len(ex.get("concepts", ())) > 0]
+    fmt = tasks.TaskFormat(think_tag=think_tag, final_tag=final_tag,
+                           malignancy_classes=tasks.malignancy_classes_of(examples))
+    pool = concept_pool(annotated)
+    for k in range(questions_per_image):
+        items += [concept_question(ex, pool, tasks.example_rng(seed, str(ex["id"]), f"concept{k}"),
+                                   fmt) for ex in annotated]
     return items

@@ -3,10 +3,13 @@
 nothing but the files), then the means over seeds with 95% t-intervals go to
 <workdir>/ablations.json and ablations.md.
 
-No variant changes the `pretrain` stage, and with `pretrain.keep = "vision"` its output (an
-aligned vision tower on the seed's random language model) does not depend on the tokenizer a
-variant's trajectories build, so it runs once per seed in <workdir>/pretrain/seed<k> and every
-variant of that seed starts from a copy of its models/base."""
+No variant changes the `pretrain` stage, and its output does not depend on the variant: with
+`pretrain.keep = "vision"` (an aligned vision tower on the seed's random language model) not on
+the tokenizer a variant's trajectories build, with `keep = "all"` only when no variant changes
+the generate stage that builds it. Then it runs once per seed in <workdir>/pretrain/seed<k> and
+every variant of that seed starts from a copy of its models/base. Likewise the variants that
+change nothing SFT depends on (only rl.* or eval.*) share one SFT run per seed in
+<workdir>/sft/seed<k> and run only their RL and evaluation."""
 
 from __future__ import annotations
 
@@ -66,6 +69,18 @@ def command(config: ConfigDict, flags: Any) -> int:
         subprocess.run(cmd, check=True)
 
     shared = shares_pretraining(config)
+
+    def shared_model(seed: int, name: str) -> Path:
+        """models/<name> (base or sft) of the seed's shared run, run once: base by the pretrain
+        stage in <root>/pretrain/seed<k>, sft from it in <root>/sft/seed<k>."""
+        stage = {"base": "pretrain", "sft": "sft"}[name]
+        folder = root / stage / f"seed{seed}"
+        if not (folder / "models" / name / "model_config.json").exists():
+            if name == "sft":
+                copy_model(shared_model(seed, "base"), folder, "base")
+            launch(folder, seed, [f"--stages=generate,{stage}"], stage)
+        return folder / "models" / name
+
     runs: dict[str, list[dict]] = {}
     for variant, overrides in config.ablation.variants.items():
         runs[variant] = []
@@ -75,11 +90,11 @@ def command(config: ConfigDict, flags: Any) -> int:
             if not results.exists():
                 extra = override_flags(overrides)
                 if shared:
-                    base = root / "pretrain" / f"seed{seed}" / "models" / "base"
-                    if not (base / "model_config.json").exists():
-                        launch(base.parent.parent, seed, ["--stages=generate,pretrain"], "pretrain")
-                    if not (workdir / "models" / "base").exists():
-                        shutil.copytree(base, workdir / "models" / "base")
+                    copy_model(shared_model(seed, "base"), workdir, "base")
+                if shared and shares_sft(extra):
+                    copy_model(shared_model(seed, "sft"), workdir, "sft")
+                    extra.append("--stages=generate,rl,eval")
+                elif shared:
                     extra.append("--stages=generate,sft,rl,eval")
                 launch(workdir, seed, extra, variant)
             model = json.loads(results.read_text())
@@ -93,17 +108,40 @@ def command(config: ConfigDict, flags: Any) -> int:
     return 0
 
 
+# Sections whose overrides change the SFT model (the `generate` stage builds its data).
+SFT_SECTIONS = ("seed", "data", "model", "generate", "pretrain", "sft")
+
+
+def shares_sft(flags: list[str]) -> bool:
+    """Whether a variant (given its override flags) starts RL from the seed's shared SFT model:
+    when it changes nothing the SFT stage depends on, so only its RL and evaluation run."""
+    return not any(f[len("--config."):].split("=")[0].split(".")[0] in SFT_SECTIONS
+                   for f in flags)
+
+
+def copy_model(model: Path, workdir: Path, name: str) -> None:
+    """models/<name> of `workdir` as a copy of a shared run's `model` folder."""
+    target = workdir / "models" / name
+    if not (target / "model_config.json").exists():
+        shutil.copytree(model, target, dirs_exist_ok=True)
+
+
 def shares_pretraining(config: ConfigDict) -> bool:
     """Whether the variants of a seed can start from one pretrain run (see the module doc);
-    refuses variants that override pretrain settings, which would make the sharing wrong."""
-    if int(config.pretrain.steps) == 0 or config.pretrain.keep != "vision":
+    refuses variants that override pretrain settings, which would make the sharing wrong. With
+    `pretrain.keep = "all"` the aligned language model's rows are the ids of the tokenizer the
+    generate stage builds from the trajectories, so it is shared only when no variant changes
+    `generate.*` (the tokenizer is deterministic given those)."""
+    if int(config.pretrain.steps) == 0:
         return False
-    bad = [v for v, o in config.ablation.variants.items()
-           if any(f.startswith("--config.pretrain.") for f in override_flags(o))]
+    flags = {v: override_flags(o) for v, o in config.ablation.variants.items()}
+    bad = [v for v, fs in flags.items() if any(f.startswith("--config.pretrain.") for f in fs)]
     if bad:
         raise ValueError(f"ablation variants {bad} override pretrain.*, but the pretrain stage "
                          "is shared by every variant of a seed")
-    return True
+    if config.pretrain.keep == "vision":
+        return True
+    return not any(f.startswith("--config.generate.") for fs in flags.values() for f in fs)
 
 
 def ablation_markdown(table: dict[str, dict[str, tuple[float, float]]], seeds: int) -> str:

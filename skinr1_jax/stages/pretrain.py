@@ -1,5 +1,6 @@
 """Stage `pretrain`: vision-language alignment of a model that cannot see yet (the embedded
-tiny default), on image -> findings captions of the concept-annotated images (data/captions.py),
+tiny default), on image -> findings captions of the concept-annotated images and, with
+`pretrain.questions_per_image`, 4-option questions about their findings (data/captions.py),
 writing models/base. `pretrain.steps = 0` (the real-scale configs: their checkpoint is already
 an instruction-tuned VLM) skips it, and models/base is the initial model."""
 
@@ -28,7 +29,7 @@ def kept_variables(trained: dict, initial: dict, keep: str) -> dict:
 
 
 def run(config: ConfigDict, workdir: Path) -> dict:
-    from skinr1_jax.data.captions import caption_items
+    from skinr1_jax.data.captions import alignment_items
     from skinr1_jax.model.saved import save_model
     from skinr1_jax.stages.loop import train
     from skinr1_jax.stages.sft import ItemSource
@@ -41,13 +42,16 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     tokenizer = common.load_tokenizer(config, workdir)
     model_cfg = common.model_config(config, tokenizer)
     dense = common.dataset_splits(config, workdir)["dense_train"]
-    items = caption_items(dense)
+    items = alignment_items(dense, questions_per_image=int(config.pretrain.questions_per_image),
+                            seed=config.seed, think_tag=config.generate.think_tag,
+                            final_tag=config.generate.final_tag)
     source = ItemSource(items, {str(e["id"]): e["image"] for e in dense},
                         common.encoder(config, tokenizer, model_cfg), tokenizer,
                         seq_len=int(config.pretrain.max_seq_len),
                         batch_size=int(config.pretrain.batch_size), seed=config.seed + 2)
-    print(f"[pretrain] {len(items)} captions ({len(items) / config.pretrain.batch_size:.0f} steps "
-          f"per epoch), {steps} steps of {config.pretrain.batch_size}")
+    print(f"[pretrain] {len(items)} captions and concept questions "
+          f"({len(items) / config.pretrain.batch_size:.0f} steps per epoch), {steps} steps of "
+          f"{config.pretrain.batch_size}")
     initial = common.initial_variables(config, model_cfg)
     result = train("pretrain", config, workdir, model_cfg=model_cfg, variables=initial,
                    grid=source.grid,
