@@ -32,3 +32,27 @@ def tiny_hf_checkpoint(tmp_path_factory):
     cfg = tiny_config(300)
     folder = tmp_path_factory.mktemp("hf")
     return cfg, folder, write_random_hf_checkpoint(cfg, folder, seed=0)
+
+
+@pytest.fixture(scope="session")
+def sampler_tokenizer(tmp_path_factory):
+    """A small embedded tokenizer for the sampler and rollout tests."""
+    from skinr1_jax.model.tokenizer import build_embedded_tokenizer
+
+    corpus = ["the lesion is a scaly red plaque on the elbow", "melanoma has an irregular border"] * 20
+    return build_embedded_tokenizer(corpus, 512, tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="session")
+def sampler_model(sampler_tokenizer):
+    """(cfg, variables) of a tiny random VLM whose logits are spread out: random init gives
+    near-uniform logits, and a larger head separates argmax and the top-k/top-p supports."""
+    import jax
+
+    from skinr1_jax.model import init_variables, tiny_config, unbox
+
+    cfg = tiny_config(sampler_tokenizer.vocab_size, **sampler_tokenizer.model_token_ids())
+    variables = unbox(init_variables(cfg, jax.random.key(0)))
+    params = dict(variables["params"])
+    params["lm_head"] = {"kernel": params["lm_head"]["kernel"] * 10.0}
+    return cfg, {**variables, "params": params}

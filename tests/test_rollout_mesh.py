@@ -8,8 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from skinr1_jax.model import abstract_variables, get_rope_index, init_variables, tiny_config, unbox
-from skinr1_jax.model.tokenizer import build_embedded_tokenizer
+from skinr1_jax.model import abstract_variables, get_rope_index
 from skinr1_jax.rollout import grpo_batch, make_sampler
 from skinr1_jax.train import sharding as shd
 
@@ -17,18 +16,13 @@ GRID = (1, 4, 4)
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    corpus = ["the lesion is a scaly red plaque on the elbow", "melanoma has an irregular border"] * 20
-    return build_embedded_tokenizer(corpus, 512, tmp_path_factory.mktemp("tok"))
+def tok(sampler_tokenizer):
+    return sampler_tokenizer
 
 
 @pytest.fixture(scope="module")
-def model(tok):
-    cfg = tiny_config(tok.vocab_size, **tok.model_token_ids())
-    variables = unbox(init_variables(cfg, jax.random.key(0)))
-    params = dict(variables["params"])   # spread the logits so sampling is not a near-tie
-    params["lm_head"] = {"kernel": params["lm_head"]["kernel"] * 10.0}
-    return cfg, {**variables, "params": params}
+def model(sampler_model):
+    return sampler_model
 
 
 def _prompts(cfg, tok, n: int) -> dict:

@@ -10,30 +10,22 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from skinr1_jax.model import forward, get_rope_index, init_variables, tiny_config, unbox
+from skinr1_jax.model import forward, get_rope_index, tiny_config
 from skinr1_jax.model.sampler import (cache_buckets, choose_tokens, filter_logits, sample,
                                       trace_count)
-from skinr1_jax.model.tokenizer import build_embedded_tokenizer
 from skinr1_jax.rollout import vision_ids
 
 GRID = ((1, 4, 4),)
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    corpus = ["the lesion is a scaly red plaque on the elbow", "melanoma has an irregular border"] * 20
-    return build_embedded_tokenizer(corpus, 512, tmp_path_factory.mktemp("tok"))
+def tok(sampler_tokenizer):
+    return sampler_tokenizer
 
 
 @pytest.fixture(scope="module")
-def model(tok):
-    cfg = tiny_config(tok.vocab_size, **tok.model_token_ids())
-    variables = unbox(init_variables(cfg, jax.random.key(0)))
-    # Random init gives near-uniform logits; a larger head spreads them so that argmax and
-    # top-k/top-p supports are well separated.
-    params = dict(variables["params"])
-    params["lm_head"] = {"kernel": params["lm_head"]["kernel"] * 10.0}
-    return cfg, {**variables, "params": params}
+def model(sampler_model):
+    return sampler_model
 
 
 def _prompts(cfg, tok, texts_with_image, width=None):
