@@ -121,8 +121,8 @@ def main(argv: list[str]) -> int:
     from skinr1_jax.train.host import retain_freed_host_memory, runs_on_cpu_only
 
     if runs_on_cpu_only():
-        # Before any backend starts: threads created earlier keep their own malloc arenas,
-        # and XLA:CPU would page-fault its step buffer in again on every step.
+        # Before any backend starts (its thread pools allocate from then on): else XLA:CPU
+        # page-faults its step buffer in again on every step.
         retain_freed_host_memory()
     maybe_initialize_distributed()  # no-op on one host; pods and SLURM jobs join here
     workdir = _setup_workdir(config)

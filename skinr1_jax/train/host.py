@@ -9,7 +9,7 @@ import os
 import sys
 
 # glibc mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
 @functools.cache
@@ -22,19 +22,19 @@ def retain_freed_host_memory() -> bool:
     Process-wide and one-way (the resident size stays at its peak, which a training process
     reaches every step anyway).
 
-    One arena: XLA:CPU runs each step on whichever pool thread is free, and glibc gives every
-    thread its own arena, whose 64 MiB mmap'd heaps are deleted when entirely free regardless
-    of the trim threshold; a step landing on a thread whose arena had dropped its heap faulted
-    the whole buffer in again (7 of 60 steps, 12.8k faults each, measured). The main arena
-    (sbrk) obeys the trim threshold, so once the heap has grown to the step's peak no step
-    faults. Call before the XLA thread pools exist (threads made earlier keep their arena).
+    Arenas are left at glibc's default. Capping them at one removes the remaining faulting
+    steps (XLA:CPU runs a step on whichever pool thread is free, and a thread arena deletes a
+    heap that becomes entirely free whatever the trim threshold: 7 of 60 steps faulted 12.8k
+    pages each under load), but every allocation then takes one lock: on a quiet 2-core Xeon
+    the tiny SFT step ran 14.0k tokens/s with one arena, 16.8k with two and 19.9k uncapped
+    (2026-12-02, benchmarks/sft_step.py minutes apart), with no faulting step uncapped.
+    Call before the XLA thread pools exist.
     Returns whether it applied (Linux glibc only)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
-                    and libc.mallopt(_M_ARENA_MAX, 1))
+        return bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     except (OSError, AttributeError):
         return False
 
