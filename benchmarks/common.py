@@ -244,6 +244,7 @@ def sft_batch(cfg: Any, batch_size: int, seq_len: int, image_patches: int = 8,
               seed: int = 0) -> tuple[dict[str, Any], tuple]:
     """A full-length SFT batch of text + one image + text per row (no padding), the text after
     the image being the assistant target. Returns (host batch for the step, grid_thw)."""
+    from skinr1_jax.data.pipeline import target_positions
     from skinr1_jax.model.convert import random_batch
 
     merge2 = cfg.vision.spatial_merge_size ** 2
@@ -258,6 +259,8 @@ def sft_batch(cfg: Any, batch_size: int, seq_len: int, image_patches: int = 8,
     loss_mask[:, text_len + image_tokens:] = 1
     batch = {k: b[k] for k in ("input_ids", "attention_mask", "position_ids", "pixel_values")}
     batch["loss_mask"] = loss_mask
+    # As the SFT stage does (data.max_target_tokens): logits at the target positions only.
+    batch["target_positions"] = target_positions(loss_mask, seq_len - text_len - image_tokens)
     return batch, b["grid_thw"]
 
 

@@ -52,6 +52,10 @@ def get_config() -> ConfigDict:
         min_pixels=32 * 32,
         max_pixels=64 * 64,
         max_seq_len=320,
+        # Logits (the vocabulary matmul) only at up to this many target positions per row of
+        # an SFT or pretrain batch; a row with more is an error naming this key. 0 = every
+        # position. The longest default SFT response is 170 tokens (measured).
+        max_target_tokens=224,
     ))
 
     c.generate = ConfigDict(dict(

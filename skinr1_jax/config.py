@@ -41,7 +41,7 @@ _POSITIVE_INTS = ("pretrain.batch_size", "pretrain.max_seq_len", "sft.batch_size
 _NON_NEGATIVE = ("pretrain.steps", "pretrain.learning_rate", "pretrain.questions_per_image", "sft.steps", "rl.steps",
                  "sft.learning_rate", "rl.learning_rate", "rl.beta",
                  "rl.lambda_sft", "rl.lambda_rl", "rl.temperature", "model.lora.rank",
-                 "model.lora.dropout", "eval.max_examples")
+                 "model.lora.dropout", "eval.max_examples", "data.max_target_tokens")
 
 
 def get(config: ConfigDict, dotted: str) -> Any:

@@ -169,6 +169,25 @@ def bucket_length(length: int, buckets: int | Sequence[int]) -> int:
     return next((s for s in sizes if s >= length), sizes[-1])
 
 
+def target_positions(loss_mask: np.ndarray, max_targets: int) -> np.ndarray:
+    """i32[B, K] positions t >= 1 of each row's target tokens (loss_mask 1), in order, padded
+    with 0 (never a target), K = `max_targets`. With it the step projects onto the vocabulary
+    only the hidden states that predict a target: the vocabulary matmul is the largest of a
+    small model and the prompt half of an SFT row needs none of it."""
+    mask = np.asarray(loss_mask).copy()
+    mask[:, 0] = 0
+    counts = mask.sum(axis=1)
+    if counts.max(initial=0) > max_targets:
+        row = int(counts.argmax())
+        raise ValueError(f"row {row} has {int(counts[row])} target tokens, more than "
+                         f"data.max_target_tokens={max_targets}; raise it (0 = every position)")
+    out = np.zeros((mask.shape[0], max_targets), np.int32)
+    for i, row in enumerate(mask):
+        where = np.flatnonzero(row)
+        out[i, :len(where)] = where
+    return out
+
+
 def _fill_rows(encoded: list[dict[str, Any]], batch_size: int | None) -> tuple[list[dict[str, Any]], np.ndarray]:
     size = len(encoded) if batch_size is None else batch_size
     if len(encoded) > size:
@@ -192,8 +211,11 @@ def _extras(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def collate_sft(encoded_list: Sequence[dict[str, Any]], seq_len: int | Sequence[int], pad_id: int, *,
-                batch_size: int | None = None) -> dict[str, Any]:
+                batch_size: int | None = None, max_targets: int = 0) -> dict[str, Any]:
     """Right-padded SFT batch of fixed shape [batch_size, bucket].
+
+    With `max_targets` > 0 it also holds target_positions i32[B, min(max_targets, bucket)]
+    (`target_positions`), which makes the step compute logits at those positions only.
 
     Responses longer than the bucket are truncated (prompt and image kept); an example whose
     prompt leaves no room for a response token is dropped. Both are counted in
@@ -231,8 +253,9 @@ def collate_sft(encoded_list: Sequence[dict[str, Any]], seq_len: int | Sequence[
         positions[:, i, :n] = r["position_ids"][:, :n]
     targets = np.concatenate([input_ids[:, 1:], np.full((b, 1), pad_id, np.int32)], axis=1)
     pixel_values, grid_thw = _images(rows)
+    extra = {"target_positions": target_positions(loss_mask, min(max_targets, s))} if max_targets > 0 else {}
     return {"input_ids": input_ids, "attention_mask": attention, "position_ids": positions,
-            "targets": targets, "loss_mask": loss_mask, "example_mask": example_mask,
+            "targets": targets, "loss_mask": loss_mask, "example_mask": example_mask, **extra,
             "pixel_values": pixel_values, "grid_thw": grid_thw,
             "num_truncated": np.int32(truncated), "num_dropped": np.int32(len(dropped)), **_extras(rows)}
 

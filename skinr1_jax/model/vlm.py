@@ -69,8 +69,8 @@ class Qwen2_5_VL(nn.Module):
     @nn.compact
     def __call__(self, input_ids: jnp.ndarray, attention_mask: jnp.ndarray | None,
                  position_ids: jnp.ndarray, pixel_values: jnp.ndarray | None,
-                 grid_thw: GridTHW | None, cache: Cache | None, cache_index: jnp.ndarray | None
-                 ) -> tuple[jnp.ndarray, Cache | None]:
+                 grid_thw: GridTHW | None, cache: Cache | None, cache_index: jnp.ndarray | None,
+                 logit_positions: jnp.ndarray | None = None) -> tuple[jnp.ndarray, Cache | None]:
         c = self.cfg
         b, s = input_ids.shape
         features = None
@@ -83,6 +83,8 @@ class Qwen2_5_VL(nn.Module):
             input_ids, features, position_ids, mask, cache, cache_index)
         if self.last_logits_only:
             h = h[:, -1:]
+        elif logit_positions is not None:
+            h = jnp.take_along_axis(h, logit_positions[..., None], axis=1)
         if c.text.tie_word_embeddings:
             logits = jnp.dot(h, table.astype(c.dtype).T, preferred_element_type=jnp.float32)
         else:
@@ -118,7 +120,8 @@ def forward(cfg: ModelConfig, variables: Variables, batch: dict[str, Any], *,
             ) -> tuple[jnp.ndarray, Cache | None]:
     """Logits f32[B, S, V] (f32[B, 1, V] of the last position with `last_logits_only`: a
     prefill needs no more, and the vocabulary projection of every prompt token is its
-    largest matmul) for batch {input_ids i32[B,S], attention_mask i32[B,S] ([B,T] with a
+    largest matmul; f32[B, K, V] at the positions of `logit_positions` i32[B, K] when the batch
+    has it) for batch {input_ids i32[B,S], attention_mask i32[B,S] ([B,T] with a
     cache), position_ids i32[3,B,S], pixel_values f32[N, C*Tp*P*P] (optional)} and the updated
     cache. `grid_thw` is static: (t, h, w) per image in order of appearance. Jitted inside
     (one compilation per cfg / grid_thw / shapes); also fine to call under an outer jit."""
@@ -139,8 +142,12 @@ def forward(cfg: ModelConfig, variables: Variables, batch: dict[str, Any], *,
         _check_image_tokens(cfg, batch["input_ids"], grid_thw)
     if cache_index is not None:
         cache_index = jnp.asarray(cache_index, jnp.int32)
+    logit_positions = batch.get("logit_positions")
+    if logit_positions is not None:
+        logit_positions = jnp.asarray(logit_positions, jnp.int32)
     return _apply(cfg, dict(variables), input_ids, attention_mask, position_ids, pixel_values,
-                  cache, cache_index, rngs or {}, grid_thw=grid_thw, deterministic=deterministic,
+                  cache, cache_index, rngs or {}, logit_positions, grid_thw=grid_thw,
+                  deterministic=deterministic,
                   last_logits_only=last_logits_only)
 
 
@@ -161,11 +168,12 @@ def _check_image_tokens(cfg: ModelConfig, input_ids: Any, grid_thw: GridTHW | No
 def _apply(cfg: ModelConfig, variables: Variables, input_ids: jnp.ndarray,
            attention_mask: jnp.ndarray | None, position_ids: jnp.ndarray,
            pixel_values: jnp.ndarray | None, cache: Cache | None, cache_index: jnp.ndarray | None,
-           rngs: dict[str, jax.Array], *, grid_thw: GridTHW | None, deterministic: bool,
+           rngs: dict[str, jax.Array], logit_positions: jnp.ndarray | None, *,
+           grid_thw: GridTHW | None, deterministic: bool,
            last_logits_only: bool) -> tuple[jnp.ndarray, Cache | None]:
     return Qwen2_5_VL(cfg, deterministic, last_logits_only).apply(
         variables, input_ids, attention_mask, position_ids, pixel_values, grid_thw, cache,
-        cache_index, rngs=rngs)
+        cache_index, logit_positions, rngs=rngs)
 
 
 def init_variables(cfg: ModelConfig, rng: jax.Array) -> Variables:

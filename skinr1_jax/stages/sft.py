@@ -16,7 +16,7 @@ class ItemSource:
     {example_id, prompt, response} items whose images are in `images` (by example id)."""
 
     def __init__(self, items: list[dict], images: Mapping[str, Any], enc: Any, tokenizer: Any, *,
-                 seq_len: int, batch_size: int, seed: int):
+                 seq_len: int, batch_size: int, seed: int, max_targets: int = 0):
         from skinr1_jax.data.pipeline import BatchIterator, collate_sft
         from skinr1_jax.train.distributed import data_shard
 
@@ -29,7 +29,8 @@ class ItemSource:
             encode_fn=lambda it: enc.sft(it["prompt"], it["response"], images[it["example_id"]],
                                          it["example_id"]),
             collate_fn=lambda rows: collate_sft(rows, int(seq_len), pad,
-                                                batch_size=self.iterator.rows))
+                                                batch_size=self.iterator.rows,
+                                                max_targets=int(max_targets)))
         first = items[0]
         self.grid = common.image_grid(enc.sft(first["prompt"], "", images[first["example_id"]],
                                               first["example_id"]))
@@ -69,7 +70,8 @@ def sft_source(config: ConfigDict, workdir: Path, enc: Any, tokenizer: Any,
                             config.generate.question_share, config.seed)
     return ItemSource(items, {str(e["id"]): e["image"] for e in dense}, enc, tokenizer,
                       seq_len=int(config.data.max_seq_len), batch_size=int(config.sft.batch_size),
-                      seed=config.seed + seed_offset)
+                      seed=config.seed + seed_offset,
+                      max_targets=int(config.data.max_target_tokens))
 
 
 def run(config: ConfigDict, workdir: Path) -> dict:

@@ -41,3 +41,18 @@ def sft_loss(logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Array
     mask = loss_mask.astype(jnp.float32).at[:, 0].set(0.0)
     nll = -token_logprobs(logits, input_ids)
     return jnp.sum(nll * mask), jnp.sum(mask)
+
+
+def sft_loss_at(logits: jax.Array, input_ids: jax.Array, positions: jax.Array
+                ) -> tuple[jax.Array, jax.Array]:
+    """sft_loss when `logits` f32[B, K, V] were computed only at `positions - 1`, for the target
+    positions i32[B, K] of `data.pipeline.target_positions` (0 pads: never a target)."""
+    if logits.shape[:2] != positions.shape or positions.shape[0] != input_ids.shape[0]:
+        raise ValueError(f"sft_loss_at: logits {logits.shape}, positions {positions.shape}, "
+                         f"input_ids {input_ids.shape} disagree")
+    logits = logits.astype(jnp.float32)
+    targets = jnp.take_along_axis(input_ids, positions, axis=1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    mask = (positions > 0).astype(jnp.float32)
+    nll = jax.nn.logsumexp(logits, axis=-1) - picked
+    return jnp.sum(nll * mask), jnp.sum(mask)
