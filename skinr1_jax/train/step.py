@@ -34,7 +34,8 @@ from skinr1_jax.train.state import TrainState, merge_variables
 ApplyFn = Callable[[Any, Mapping[str, jax.Array], jax.Array, bool], jax.Array]
 
 NON_MODEL_KEYS = frozenset({
-    "loss_mask", "target_positions", "completion_mask", "group_ids", "ref_logprobs", "old_logprobs", "advantages",
+    "loss_mask", "target_positions", "completion_mask", "group_ids", "ref_logprobs",
+    "old_logprobs", "advantages",
     *rewards.REWARD_KEYS, *rewards.OPEN_KEYS})
 
 
@@ -177,15 +178,15 @@ def make_train_step(apply_fn: ApplyFn, step_cfg: StepConfig,
         variables = merge_variables(trainable, frozen)
         loss = jnp.zeros((), jnp.float32)
         aux = {}
-        if c.sft and "target_positions" in sft_mb:
-            where = sft_mb["target_positions"]
-            logits = forward(variables, {**sft_mb, "logit_positions": jnp.maximum(where - 1, 0)},
-                             jax.random.fold_in(rng, 0))
-            s, _ = losses.sft_loss_at(logits, sft_mb["input_ids"], where)
-        elif c.sft:
-            logits = forward(variables, sft_mb, jax.random.fold_in(rng, 0))
-            s, _ = losses.sft_loss(logits, sft_mb["input_ids"], sft_mb["loss_mask"])
         if c.sft:
+            if "target_positions" in sft_mb:
+                where = sft_mb["target_positions"]
+                logits = forward(variables, {**sft_mb, "logit_positions": jnp.maximum(where - 1, 0)},
+                                 jax.random.fold_in(rng, 0))
+                s, _ = losses.sft_loss_at(logits, sft_mb["input_ids"], where)
+            else:
+                logits = forward(variables, sft_mb, jax.random.fold_in(rng, 0))
+                s, _ = losses.sft_loss(logits, sft_mb["input_ids"], sft_mb["loss_mask"])
             aux["sft_sum"] = s
             loss = loss + c.lambda_sft * s / jnp.maximum(sft_count, 1.0)
         if c.rl:
