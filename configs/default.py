@@ -51,11 +51,11 @@ def get_config() -> ConfigDict:
         on_bad_image="fail",    # fail | skip
         min_pixels=32 * 32,
         max_pixels=64 * 64,
-        max_seq_len=320,
+        max_seq_len=384,
         # Logits (the vocabulary matmul) only at up to this many target positions per row of
         # an SFT or pretrain batch; a row with more is an error naming this key. 0 = every
-        # position. The longest default SFT response is 170 tokens (measured).
-        max_target_tokens=224,
+        # position. The longest default SFT response is 210 tokens (measured).
+        max_target_tokens=240,
     ))
 
     c.generate = ConfigDict(dict(
@@ -68,6 +68,12 @@ def get_config() -> ConfigDict:
         # Share of trajectories also paired with a task-format question (data/sft_mix.py);
         # 0 is the paper's recipe, a tiny model needs the answer format taught.
         question_share=1.0,
+        # Option questions' twins end their thinking with the taxonomy path and a check of
+        # each option against it (data/sft_mix.py), so a small model can find the letter.
+        option_check=True,
+        # Twins per trajectory, each with its own draw of options and letters, so the options
+        # must be read from the prompt rather than remembered per image.
+        question_variants=4,
         llm=ConfigDict(dict(enabled=False, url="", model="", api_key_env="OPENAI_API_KEY",
                             temperature=0.2, max_tokens=120, timeout_s=30.0)),
     ))
@@ -106,7 +112,7 @@ def get_config() -> ConfigDict:
         temperature=1.0,
         top_k=0,
         top_p=1.0,
-        max_new_tokens=160,     # the longest SFT answers are ~150 tokens
+        max_new_tokens=224,     # the longest SFT answers are ~210 tokens
         learning_rate=2e-4,
         warmup_ratio=0.03,
         beta=0.04,              # KL weight (the paper's); 0 skips the reference forward
@@ -136,7 +142,7 @@ def get_config() -> ConfigDict:
     c.eval = ConfigDict(dict(
         models=("base", "sft", "sft_rl"),
         sets=("indomain", "b_or_m", "hierarchical", "ddx", "ood", "open", "ood_open"),
-        max_new_tokens=192,
+        max_new_tokens=224,
         batch_size=32,
         max_examples=0,         # per question set, evenly spaced over the split; 0 = all
     ))

@@ -82,6 +82,10 @@ def test_concept_question_is_the_mcq_format_answered_by_the_visible_finding():
         visible = T.findings(ex["concepts"])
         assert chosen in visible
         assert sum(o in visible for o in options) == 1
+        # The thinking copies every option line and marks the visible one.
+        checks = item["response"].split("Options:\n")[1].split("\nVisible: ")[0].split("\n")
+        assert [c.rsplit(", ", 1)[0] for c in checks] == lines[1:5]
+        assert [c.endswith(", visible") for c in checks] == [o in visible for o in options]
         assert "psoriasis" not in item["prompt"] + item["response"]
 
 

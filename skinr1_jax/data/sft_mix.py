@@ -6,6 +6,12 @@ zero-shot after SFT on `<diagnosis>` trajectories. A small model cannot, so with
 `generate.question_share` > 0 each trajectory's thinking is also paired with a question about the
 same image (4-option, hierarchical, DDx, benign/malignant or open-ended) whose final field gives
 the option letter (or the disease name) and the malignancy. Set it to 0 for the paper's recipe.
+
+With `generate.option_check`, an option question's thinking also ends with the diagnosis's
+taxonomy path and a check of each option against it, then names the letter. A large model maps
+its diagnosis onto an option letter in one step; a two-layer model cannot learn that lookup from
+SFT alone (measured: 4-option accuracy at chance while open-ended leaf accuracy was 0.44). Each
+step of the check is a copy or a local comparison, which a small model does learn.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from skinr1_jax.trajectories import split_response
 # Relative frequency of each question kind in the mixture.
 QUESTION_KINDS = (("mcq", 0.4), ("open", 0.3), ("hierarchical", 0.1), ("ddx", 0.1),
                   ("b_or_m", 0.1))
+# Questions whose options are taxonomy nodes (b_or_m's are malignancy classes in a fixed order).
+OPTION_CHECK_KINDS = ("mcq", "hierarchical", "ddx")
+_VARIANT_SEED_STRIDE = 1_000_003
 
 
 def final_field(question: tasks.Question, taxonomy: Taxonomy) -> str:
@@ -32,25 +41,55 @@ def final_field(question: tasks.Question, taxonomy: Taxonomy) -> str:
     return f"{letter}: {question.options[question.answer]}, {malignancy}"
 
 
+def _role(index: int, path_len: int) -> str:
+    if index == path_len - 1:
+        return "the diagnosis"
+    return ("its group", "its subgroup")[index] if index < 2 else f"its level-{index + 1} ancestor"
+
+
+def option_check(question: tasks.Question, taxonomy: Taxonomy) -> str:
+    """` Its path: g > s > d. Options:` then one `A: x, off its path` line per option (the
+    prompt's own `A: x` layout, so each line starts as a copy of the prompt's), then `Most
+    specific on its path: B.`, for an option question about `question.node`."""
+    path = taxonomy.path(question.node)
+    lines = []
+    for letter, name, node in zip(prompts.LETTERS, question.options, question.option_nodes):
+        role = _role(path.index(node), len(path)) if node in path else "off its path"
+        lines.append(f"\n{letter}: {name}, {role}")
+    return (f" Its path: {' > '.join(taxonomy.name(n) for n in path)}. Options:{''.join(lines)}"
+            f"\nMost specific on its path: {prompts.LETTERS[question.answer]}.")
+
+
 def build_sft_items(trajectories: Sequence[Mapping[str, Any]],
                     examples: Sequence[Mapping[str, Any]], taxonomy: Taxonomy, ddx_graph: Any,
                     generate_cfg: Any, question_share: float, seed: int) -> list[dict[str, Any]]:
     """[{example_id, prompt, response, kind}] — each trajectory as written, then (with
-    probability `question_share`, decided per trajectory from a stable hash) a task-format twin."""
+    probability `question_share`, decided per trajectory from a stable hash)
+    `generate_cfg.question_variants` task-format twins, each with its own question draw."""
     think, diag, final = generate_cfg.think_tag, generate_cfg.diagnosis_tag, generate_cfg.final_tag
     by_id = {str(e["id"]): e for e in examples}
     fmt = tasks.TaskFormat(think_tag=think, final_tag=final,
                            malignancy_classes=tasks.malignancy_classes_of(examples))
     pool = list(by_id.values())
-    banks = {
-        "mcq": {q.example_id: q for q in tasks.mcq_questions(pool, taxonomy, seed=seed, fmt=fmt)},
-        "open": {q.example_id: q for q in tasks.open_set(pool, taxonomy, fmt=fmt).questions},
-        "hierarchical": {q.example_id: q for q in
-                         tasks.hierarchical_set(pool, taxonomy, seed=seed, fmt=fmt).questions},
-        "ddx": {q.example_id: q for q in
-                tasks.ddx_set(pool, taxonomy, ddx_graph, seed=seed, fmt=fmt).questions},
-        "b_or_m": {q.example_id: q for q in tasks.b_or_m_set(pool, fmt=fmt).questions},
-    }
+    variants = int(generate_cfg.question_variants)
+    if variants < 1:
+        raise ValueError(f"generate.question_variants={variants}: expected >= 1")
+    fixed = {"open": {q.example_id: q for q in tasks.open_set(pool, taxonomy, fmt=fmt).questions},
+             "b_or_m": {q.example_id: q for q in tasks.b_or_m_set(pool, fmt=fmt).questions}}
+
+    def drawn(s: int) -> dict[str, dict[str, tasks.Question]]:
+        return {
+            "mcq": {q.example_id: q for q in tasks.mcq_questions(pool, taxonomy, seed=s, fmt=fmt)},
+            "hierarchical": {q.example_id: q for q in
+                             tasks.hierarchical_set(pool, taxonomy, seed=s, fmt=fmt).questions},
+            "ddx": {q.example_id: q for q in
+                    tasks.ddx_set(pool, taxonomy, ddx_graph, seed=s, fmt=fmt).questions},
+            **fixed}
+
+    # Variant v draws its options and letters with its own seed: one fixed draw per image
+    # lets a small model memorise the image's options instead of reading them from the prompt
+    # (measured: SFT then wrote options that were not in the prompt).
+    banks = [drawn(seed + _VARIANT_SEED_STRIDE * v) for v in range(variants)]
     kinds = [k for k, _ in QUESTION_KINDS]
     weights = [w for _, w in QUESTION_KINDS]
     items = []
@@ -66,9 +105,14 @@ def build_sft_items(trajectories: Sequence[Mapping[str, Any]],
         parts = split_response(traj["response"], think, diag)
         if parts is None:
             raise ValueError(f"trajectory {n} ({traj['type']}) is not <{think}>..</{think}><{diag}>..</{diag}>")
-        kind = kinds[int(rng.choice(len(kinds), p=weights))]
-        question = banks[kind].get(example_id) or banks["mcq"][example_id]
-        response = f"<{think}>{parts[0]}</{think}>\n<{final}>{final_field(question, taxonomy)}</{final}>"
-        items.append({"example_id": example_id, "prompt": question.prompt, "response": response,
-                      "kind": f"question_{question.kind}"})
+        for bank in banks:
+            kind = kinds[int(rng.choice(len(kinds), p=weights))]
+            question = bank[kind].get(example_id) or bank["mcq"][example_id]
+            thinking = parts[0]
+            if generate_cfg.option_check and question.kind in OPTION_CHECK_KINDS:
+                thinking += option_check(question, taxonomy)
+            response = (f"<{think}>{thinking}</{think}>\n"
+                        f"<{final}>{final_field(question, taxonomy)}</{final}>")
+            items.append({"example_id": example_id, "prompt": question.prompt,
+                          "response": response, "kind": f"question_{question.kind}"})
     return items
