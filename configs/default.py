@@ -51,11 +51,12 @@ def get_config() -> ConfigDict:
         on_bad_image="fail",    # fail | skip
         min_pixels=32 * 32,
         max_pixels=64 * 64,
-        max_seq_len=384,
+        max_seq_len=320,
         # Logits (the vocabulary matmul) only at up to this many target positions per row of
         # an SFT or pretrain batch; a row with more is an error naming this key. 0 = every
-        # position. The longest default SFT response is 210 tokens (measured).
-        max_target_tokens=240,
+        # position. The longest default SFT response is 170 tokens (measured; 218 with
+        # generate.option_check, which needs max_seq_len 400 and 240 here).
+        max_target_tokens=224,
     ))
 
     c.generate = ConfigDict(dict(
@@ -69,11 +70,12 @@ def get_config() -> ConfigDict:
         # 0 is the paper's recipe, a tiny model needs the answer format taught.
         question_share=1.0,
         # Option questions' twins end their thinking with the taxonomy path and a check of
-        # each option against it (data/sft_mix.py), so a small model can find the letter.
-        option_check=True,
+        # each option against it (data/sft_mix.py). Off: on the default it did not lift the
+        # 4-option sets off chance and makes SFT and RL ~2x slower (README "Ablations").
+        option_check=False,
         # Twins per trajectory, each with its own draw of options and letters, so the options
-        # must be read from the prompt rather than remembered per image.
-        question_variants=4,
+        # must be read from the prompt rather than remembered per image (>1: more SFT items).
+        question_variants=1,
         llm=ConfigDict(dict(enabled=False, url="", model="", api_key_env="OPENAI_API_KEY",
                             temperature=0.2, max_tokens=120, timeout_s=30.0)),
     ))
@@ -87,10 +89,11 @@ def get_config() -> ConfigDict:
         warmup_ratio=0.03,
         max_seq_len=96,         # chat template, image tokens, prompt and caption: ~75
         # Concept questions per image (data/captions.py): the 4-option prompt about findings,
-        # answered by letter, so that with keep=all the base follows the answer format without
-        # disease knowledge (needs max_seq_len 224). 0 here: with 1 and keep=all (measured on
-        # 2 seeds at a reduced budget, README "Ablations") the 4-option sets stayed at chance
-        # after SFT and RL and SFT collapsed to one disease on one seed.
+        # each option copied and checked, answered by letter, so that with keep=all the base
+        # reads options from the prompt without disease knowledge (needs max_seq_len 272).
+        # 0 here: with 6 and keep=all the base copies 96% of option lines, but SFT from it
+        # reached 4-option 0.302 and disease accuracy 0.302 (vision-only: 0.257 and 0.479;
+        # README "Ablations").
         questions_per_image=0,
         keep="vision",          # vision (the aligned tower + merger, fresh LM) | all
     ))
@@ -112,7 +115,7 @@ def get_config() -> ConfigDict:
         temperature=1.0,
         top_k=0,
         top_p=1.0,
-        max_new_tokens=224,     # the longest SFT answers are ~210 tokens
+        max_new_tokens=160,     # the longest SFT answers are ~150 tokens (~210 with option_check)
         learning_rate=2e-4,
         warmup_ratio=0.03,
         beta=0.04,              # KL weight (the paper's); 0 skips the reference forward
@@ -142,7 +145,7 @@ def get_config() -> ConfigDict:
     c.eval = ConfigDict(dict(
         models=("base", "sft", "sft_rl"),
         sets=("indomain", "b_or_m", "hierarchical", "ddx", "ood", "open", "ood_open"),
-        max_new_tokens=224,
+        max_new_tokens=192,
         batch_size=32,
         max_examples=0,         # per question set, evenly spaced over the split; 0 = all
     ))

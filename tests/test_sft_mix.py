@@ -74,6 +74,8 @@ def test_unknown_example_is_named(setup):
 
 def test_option_check_names_every_option_and_the_answer(setup):
     cfg, taxonomy, kb, dense, trajectories = setup
+    cfg = ConfigDict(cfg.to_dict())
+    cfg.generate.option_check = True
     items = build_sft_items(trajectories, dense, taxonomy, kb.ddx_graph(), cfg.generate, 1.0, 0)
     by_id = {e["id"]: e for e in dense}
     parser = ResponseParser(num_options=26)

@@ -16,7 +16,8 @@ class ItemSource:
     {example_id, prompt, response} items whose images are in `images` (by example id)."""
 
     def __init__(self, items: list[dict], images: Mapping[str, Any], enc: Any, tokenizer: Any, *,
-                 seq_len: int, batch_size: int, seed: int, max_targets: int = 0):
+                 seq_len: int, batch_size: int, seed: int, max_targets: int = 0,
+                 seq_len_key: str = "data.max_seq_len"):
         from skinr1_jax.data.pipeline import BatchIterator, collate_sft
         from skinr1_jax.train.distributed import data_shard
 
@@ -35,6 +36,7 @@ class ItemSource:
         self.grid = common.image_grid(enc.sft(first["prompt"], "", images[first["example_id"]],
                                               first["example_id"]))
         self.truncated = 0
+        self.seq_len, self.seq_len_key = int(seq_len), seq_len_key
 
     def example(self) -> dict:
         """The first batch, without advancing: fixes the step's input structure."""
@@ -45,6 +47,11 @@ class ItemSource:
 
     def next(self) -> dict:
         batch = next(self.iterator)
+        if int(batch.get("num_truncated", 0)) and not self.truncated:
+            # A truncated row loses the end of its response, i.e. the answer: say so once,
+            # loudly (the count goes on in the metrics as sft_truncated_total).
+            print(f"[warning] rows longer than {self.seq_len_key}={self.seq_len} tokens are "
+                  "truncated, losing the end of their answers; raise it")
         self.truncated += int(batch.get("num_truncated", 0))
         return common.step_arrays(batch)
 
