@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from skinr1_jax.data.captions import CAPTION_PROMPT, caption, caption_items
@@ -101,3 +103,17 @@ def test_alignment_items_add_questions_with_varied_letters():
     letters = parse_responses([q["response"] for q in questions])["option"]
     assert set(letters.tolist()) == {0, 1, 2, 3}
     assert items == alignment_items(examples, questions_per_image=2, seed=0)
+
+
+def test_pretrain_says_when_rows_lose_their_answers(tmp_path):
+    # A caption row is ~76 tokens (prompt, image tokens and template 63): 72 cuts its answer.
+    import subprocess
+    import sys
+
+    workdir = tmp_path / "wd"
+    cmd = [sys.executable, "-m", "launch", "--config", "configs/ci.py", "--stages=generate,pretrain",
+           f"--config.workdir={workdir}", "--config.pretrain.max_seq_len=72"]
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.stdout.count("pretrain.max_seq_len=72 tokens are truncated") == 1, out.stdout[-3000:]

@@ -36,18 +36,20 @@ class ItemSource:
         self.grid = common.image_grid(enc.sft(first["prompt"], "", images[first["example_id"]],
                                               first["example_id"]))
         self.truncated = 0
-        self.seq_len, self.seq_len_key = int(seq_len), seq_len_key
+        self.seq_len, self.seq_len_key, self.warned = int(seq_len), seq_len_key, False
 
     def example(self) -> dict:
         """The first batch, without advancing: fixes the step's input structure."""
-        state = self.iterator.get_state()
+        state, truncated = self.iterator.get_state(), self.truncated
         batch = self.next()
         self.iterator.restore(state)
+        self.truncated = truncated
         return batch
 
     def next(self) -> dict:
         batch = next(self.iterator)
-        if int(batch.get("num_truncated", 0)) and not self.truncated:
+        if int(batch.get("num_truncated", 0)) and not self.warned:
+            self.warned = True
             # A truncated row loses the end of its response, i.e. the answer: say so once,
             # loudly (the count goes on in the metrics as sft_truncated_total).
             print(f"[warning] rows longer than {self.seq_len_key}={self.seq_len} tokens are "
