@@ -37,7 +37,7 @@ _POSITIVE_INTS = ("pretrain.batch_size", "pretrain.max_seq_len", "sft.batch_size
                   "rl.batch_size", "rl.num_generations",
                   "rl.max_new_tokens", "rl.mu", "eval.batch_size", "eval.max_new_tokens",
                   "checkpoint.every_steps", "checkpoint.keep", "log.every_steps",
-                  "data.max_seq_len")
+                  "data.max_seq_len", "generate.question_variants")
 _NON_NEGATIVE = ("pretrain.steps", "pretrain.learning_rate", "pretrain.questions_per_image", "sft.steps", "rl.steps",
                  "sft.learning_rate", "rl.learning_rate", "rl.beta",
                  "rl.lambda_sft", "rl.lambda_rl", "rl.temperature", "model.lora.rank",

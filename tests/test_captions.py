@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,9 +109,6 @@ def test_alignment_items_add_questions_with_varied_letters():
 
 def test_pretrain_says_when_rows_lose_their_answers(tmp_path):
     # A caption row is ~76 tokens (prompt, image tokens and template 63): 72 cuts its answer.
-    import subprocess
-    import sys
-
     workdir = tmp_path / "wd"
     cmd = [sys.executable, "-m", "launch", "--config", "configs/ci.py", "--stages=generate,pretrain",
            f"--config.workdir={workdir}", "--config.pretrain.max_seq_len=72"]

@@ -185,3 +185,13 @@ def test_config_accepts_mu_and_checks_the_clip_range():
     c.checkpoint.every_steps = 6               # would checkpoint in the middle of a cycle of 4
     with pytest.raises(ConfigError, match="checkpoint.every_steps"):
         validate(c)
+
+
+def test_config_refuses_no_twin_draws():
+    from configs.default import get_config
+    from skinr1_jax.config import ConfigError, validate
+
+    c = get_config()
+    c.generate.question_variants = 0
+    with pytest.raises(ConfigError, match="generate.question_variants"):
+        validate(c)

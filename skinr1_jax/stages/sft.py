@@ -48,13 +48,14 @@ class ItemSource:
 
     def next(self) -> dict:
         batch = next(self.iterator)
-        if int(batch.get("num_truncated", 0)) and not self.warned:
+        truncated = int(batch.get("num_truncated", 0))
+        if truncated and not self.warned:
             self.warned = True
             # A truncated row loses the end of its response, i.e. the answer: say so once,
             # loudly (the count goes on in the metrics as sft_truncated_total).
             print(f"[warning] rows longer than {self.seq_len_key}={self.seq_len} tokens are "
                   "truncated, losing the end of their answers; raise it")
-        self.truncated += int(batch.get("num_truncated", 0))
+        self.truncated += truncated
         return common.step_arrays(batch)
 
     def batches(self, state, step):
