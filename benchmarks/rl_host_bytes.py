@@ -12,11 +12,10 @@ Prints one JSON line.
 from __future__ import annotations
 
 import os
-import sys
 
 _FLAG = "--xla_force_host_platform_device_count=8"
-if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os.environ.get(
-        "XLA_FLAGS", ""):
+# (jax may be imported already, by benchmarks/__init__; its backend starts later)
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 
 import argparse  # noqa: E402

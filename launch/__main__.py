@@ -118,12 +118,10 @@ def main(argv: list[str]) -> int:
         return int(module.command(config, FLAGS) or 0)
 
     from skinr1_jax.train.distributed import barrier, maybe_initialize_distributed
-    from skinr1_jax.train.host import retain_freed_host_memory, runs_on_cpu_only
+    from skinr1_jax.train.host import runs_on_cpu_only, tune_cpu_backend
 
     if runs_on_cpu_only():
-        # Before any backend starts (its thread pools allocate from then on): else XLA:CPU
-        # page-faults its step buffer in again on every step.
-        retain_freed_host_memory()
+        tune_cpu_backend()  # before any backend starts
     maybe_initialize_distributed()  # no-op on one host; pods and SLURM jobs join here
     workdir = _setup_workdir(config)
     for stage in _stages(FLAGS.stages):

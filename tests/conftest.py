@@ -5,7 +5,11 @@ XLA reads the flag once, at backend start, so it must be set before anything imp
 
 import os
 
+from skinr1_jax.train.host import with_cpu_xla_flags  # imports no jax
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The XLA:CPU flags `python -m launch` runs with, so parity is checked under them.
+os.environ["XLA_FLAGS"] = with_cpu_xla_flags(os.environ["XLA_FLAGS"])
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -40,3 +40,26 @@ def test_freed_memory_is_kept_and_reused_without_new_page_faults():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     # Measured here: 0 with the setting, 544 without (a fresh mmap per 64 MiB buffer).
     assert int(out.stdout) < 100, out.stdout
+
+
+def _fresh(code: str, **env: str) -> str:
+    import os
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, **env}).stdout
+
+
+def test_cpu_tuning_adds_xla_flags_and_runs_programs_on_the_calling_thread():
+    # A user's own XLA flags are kept and not overridden; programs then run synchronously.
+    code = (
+        "import os, threading, jax, jax.numpy as jnp\n"
+        "from skinr1_jax.train.host import tune_cpu_backend\n"
+        "tune_cpu_backend()\n"
+        "print(os.environ['XLA_FLAGS'])\n"
+        "print(jax.config.values['jax_cpu_enable_async_dispatch'])\n"
+        "print(float(jax.jit(lambda x: x @ x)(jnp.eye(4)).sum()))\n")
+    flags, async_dispatch, total = _fresh(
+        code, XLA_FLAGS="--xla_force_host_platform_device_count=2").splitlines()
+    assert flags.split() == ["--xla_force_host_platform_device_count=2", *host.CPU_XLA_FLAGS]
+    assert async_dispatch == "False" and float(total) == 4.0
+    flags = _fresh(code, XLA_FLAGS="--xla_cpu_use_xnnpack=false").splitlines()[0]
+    assert flags == "--xla_cpu_use_xnnpack=false"

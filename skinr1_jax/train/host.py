@@ -39,6 +39,46 @@ def retain_freed_host_memory() -> bool:
         return False
 
 
+# XNNPACK's matmuls instead of XLA:CPU's own: the same f32 results (parity tests at 1e-4
+# pass), and the SFT step at hidden 512 ran 1.10x -> 1.85x transformers (2026-12-03, AMD EPYC,
+# benchmarks/sizes.py row, minutes apart); no change at the tiny default's hidden 128.
+CPU_XLA_FLAGS = ("--xla_cpu_use_xnnpack=true",)
+
+
+def with_cpu_xla_flags(flags: str) -> str:
+    """`flags` (an XLA_FLAGS value) plus each of CPU_XLA_FLAGS that it does not set itself."""
+    extra = [f for f in CPU_XLA_FLAGS if f.split("=")[0] not in flags]
+    return " ".join([flags, *extra]).strip()
+
+
+def tune_cpu_backend() -> list[str]:
+    """The CPU settings that `python -m launch` and the benchmarks run with. Call before any
+    JAX backend starts (XLA reads its flags once, and the allocator setting must precede its
+    thread pools); returns what was applied.
+
+    - freed heap memory is kept (`retain_freed_host_memory`);
+    - XLA flags of CPU_XLA_FLAGS are added to XLA_FLAGS unless it already sets them;
+    - programs run on the calling thread (`jax_cpu_enable_async_dispatch=False`). A step
+      executed on an XLA pool thread allocates its buffers from that thread's glibc arena,
+      whose heaps are at most 64 MiB and are unmapped when entirely free (buffers above that
+      are always mmap'd), so every step page-faults its scratch memory in again (measured:
+      all 30 of 30 tiny SFT steps in one run, 32k faults per step at hidden 512). The main
+      thread allocates from the main heap, which `retain_freed_host_memory` keeps: 0-3 faulting
+      steps of 30. The host-side work that async dispatch would overlap (batch assembly,
+      logging) is under a millisecond a step and shares the same cores anyway."""
+    applied = []
+    if retain_freed_host_memory():
+        applied.append("retain_freed_host_memory")
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = with_cpu_xla_flags(flags)
+    applied += os.environ["XLA_FLAGS"][len(flags):].split()
+    import jax  # importing starts no backend: XLA_FLAGS set later still apply
+
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    applied.append("jax_cpu_enable_async_dispatch=False")
+    return applied
+
+
 def runs_on_cpu_only() -> bool:
     """Whether JAX will pick the CPU backend, decided without starting a backend (so that
     `retain_freed_host_memory` can run before XLA's thread pools exist): JAX_PLATFORMS when
