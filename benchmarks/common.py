@@ -63,23 +63,29 @@ def minor_faults() -> int:
 
 
 def paired(fns: dict[str, Callable[[], Any]], *, warmup: int = 1, repeats: int = 5,
-           sync: Callable[[Any], Any] | None = None) -> dict[str, dict[str, Any]]:
-    """Time several workloads call by call in turn (a, b, c, a, b, c, ...), so a change in the
-    machine's load during the run hits every one alike and their ratio stays fair. Per name: a
-    Timing plus each call's seconds and minor page faults (a call that faults its buffers in
-    shows thousands)."""
+           sync: Callable[[Any], Any] | None = None, turn: int = 1) -> dict[str, dict[str, Any]]:
+    """Time several workloads in alternating turns (a, b, c, a, b, c, ...), so a change in the
+    machine's load during the run hits every one alike and their ratio stays fair. A turn is
+    one untimed call then `turn` timed calls back to back, as a training loop runs them:
+    with turn=1 (one timed call per turn, no untimed one) each call instead starts right
+    after another workload, on caches it evicted and (torch) OpenMP threads still spinning.
+    Per name: a Timing of `repeats` calls (rounded up to whole turns) plus each call's
+    seconds and minor page faults (a call that faults its buffers in shows thousands)."""
     sync = sync or (lambda r: r)
     for fn in fns.values():
         for _ in range(warmup):
             sync(fn())
     times: dict[str, list[float]] = {n: [] for n in fns}
     faults: dict[str, list[int]] = {n: [] for n in fns}
-    for _ in range(repeats):
+    for _ in range(-(-repeats // turn)):
         for name, fn in fns.items():
-            f0, start = minor_faults(), time.perf_counter()
-            sync(fn())
-            times[name].append(time.perf_counter() - start)
-            faults[name].append(minor_faults() - f0)
+            if turn > 1:
+                sync(fn())
+            for _ in range(turn):
+                f0, start = minor_faults(), time.perf_counter()
+                sync(fn())
+                times[name].append(time.perf_counter() - start)
+                faults[name].append(minor_faults() - f0)
     return {n: {**timing(times[n]), "times_s": times[n], "minor_faults": faults[n],
                 "minor_faults_median": statistics.median(faults[n]),
                 "minor_faults_max": max(faults[n])} for n in fns}

@@ -3,10 +3,13 @@ clipping) against transformers + torch doing the same (loss.backward, clip_grad_
 torch.optim.AdamW.step) on one random tiny Qwen2.5-VL whose weights both sides share (built by
 transformers, loaded into ours with hf_io), with the same batch, sequence length and image.
 
-    python -m benchmarks.sft_step [--batch-size 8] [--seq-len 128] [--repeats 9] [--torch-compile]
+    python -m benchmarks.sft_step [--batch-size 8] [--seq-len 128] [--repeats 9] [--turn 3]
+                                  [--torch-compile]
 
-Every side's calls are interleaved (ours, ours bf16, torch, torch.compile, ours, ...) so load
-changes hit all alike. Reported per side: each step's seconds and minor page faults, median /
+The sides take turns (ours, ours bf16, torch, torch.compile, ours, ...) so load changes hit
+all alike; a turn is one untimed step then `turn` timed ones back to back, as in training (a
+step right after the other side's runs on caches that side evicted, and next to torch's
+OpenMP threads still spinning: measured 27 ms for ours alone, 33-36 ms strictly alternated). Reported per side: each step's seconds and minor page faults, median /
 min / max, the compile time (first call minus the median), and MFU against the XLA matmul peak
 measured in the same run. Also: our step in bfloat16 compute (f32 parameters and optimizer)
 with its first-step loss difference from f32, and with --torch-compile transformers under
@@ -84,8 +87,9 @@ def our_step(cfg: Any, variables: Any, batch: dict[str, Any], grid: Any,
 
 def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 9, vocab_size: int = 2048,
         lr: float = 1e-4, hidden: int | None = None, variants: bool = True,
-        torch_compile: bool = False) -> dict[str, Any]:
-    """Ours against transformers; with `variants`, also ours in bf16; with `torch_compile`,
+        torch_compile: bool = False, turn: int = 3) -> dict[str, Any]:
+    """Ours against transformers, each timed in turns of `turn` back-to-back steps after an
+    untimed one (common.paired); with `variants`, also ours in bf16; with `torch_compile`,
     transformers under torch.compile too (its compile alone takes minutes on 2 cores)."""
     import torch
 
@@ -120,7 +124,7 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 9, vocab_size: i
         except Exception as e:  # recorded, not fatal: the eager baseline still stands
             errors["torch_compile"] = f"{type(e).__name__}: {str(e)[:500]}"
     load_start = [round(x, 2) for x in __import__("os").getloadavg()]
-    timed = common.paired(fns, warmup=1, repeats=repeats, sync=common.block)
+    timed = common.paired(fns, warmup=1, repeats=repeats, sync=common.block, turn=turn)
     peak = common.matmul_peak()
     flops = common.train_flops(cfg, batch_size, seq_len, IMAGE_SIDE ** 2)
     sides = {}
@@ -137,7 +141,7 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 9, vocab_size: i
         "variants": sides, "errors": errors, "model_flops_per_step": flops,
         "matmul_peak_flops": peak, "torch_threads": threads, "load_avg_timed": load_start,
         "transformers_attn": model.config._attn_implementation,
-        "jax_backend": jax.default_backend(),
+        "jax_backend": jax.default_backend(), "turn": turn,
     }
     out["speedup"] = out["ours"]["tokens_per_s"] / out["transformers"]["tokens_per_s"]
     if "ours_bf16" in sides:
@@ -155,11 +159,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--no-variants", action="store_true",
                         help="only ours (f32) and transformers eager")
+    parser.add_argument("--turn", type=int, default=3,
+                        help="timed back-to-back steps per side per turn (1: strict alternation)")
     parser.add_argument("--torch-compile", action="store_true",
                         help="also time transformers under torch.compile (minutes to compile)")
     args = parser.parse_args(argv)
     return common.emit(run(args.batch_size, args.seq_len, args.repeats,
-                           variants=not args.no_variants, torch_compile=args.torch_compile))
+                           variants=not args.no_variants, torch_compile=args.torch_compile,
+                           turn=args.turn))
 
 
 if __name__ == "__main__":
