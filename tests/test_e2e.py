@@ -64,6 +64,12 @@ def test_metrics_are_finite_and_in_range(run_dir: Path):
         assert res["mean_tree_distance"] >= 0
         assert 0.0 <= res["ood_open"]["acc_leaf"] <= 1.0
         assert all(0.0 <= v <= 1.0 for v in res["acc_by_skin_type"].values())
+        # Every share of questions carries its 95% interval, which contains it.
+        for key in ("mcq_indomain", "acc_leaf", "ood_open.acc_leaf"):
+            value = res["ood_open"]["acc_leaf"] if key.startswith("ood_open") else res[key]
+            lo, hi = res["details"][key]["ci95"]
+            assert lo <= value <= hi and res["details"][key]["n"] > 0, (model, key)
+    assert "95% Wilson intervals" in (run_dir / "results.md").read_text()
 
 
 def test_base_is_the_aligned_model(run_dir: Path):

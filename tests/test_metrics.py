@@ -118,3 +118,13 @@ def test_confusion_matrix_levels(tax: Taxonomy) -> None:
     assert m2.sum() == len(TRUTH)
     with pytest.raises(ValueError, match="level 9"):
         metrics.confusion_matrix(tax, PRED, TRUTH, level=9)
+
+
+@pytest.mark.parametrize("k,n", [(87, 288), (0, 12), (12, 12), (1, 3), (144, 288)])
+def test_wilson_interval_matches_scipy(k: int, n: int) -> None:
+    stats = pytest.importorskip("scipy.stats")
+    ref = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    lo, hi = metrics.wilson_interval(k / n, n)
+    assert lo == pytest.approx(ref.low, abs=1e-4) and hi == pytest.approx(ref.high, abs=1e-4)
+    assert lo <= k / n <= hi
+    assert all(math.isnan(x) for x in metrics.wilson_interval(0.5, 0))

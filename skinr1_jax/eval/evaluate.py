@@ -29,6 +29,8 @@ OPTION_SETS = {"indomain": ("mcq_indomain", "indomain", "test"),
                "ddx": ("mcq_ddx", "ddx", "test"),
                "ood": ("ood", "indomain", "ood_test")}
 OPEN_SETS = {"open": "test", "ood_open": "ood_test"}
+# open-ended metrics that are shares of questions (and so get a 95% interval)
+ACCURACY_KEYS = ("acc_level1", "acc_level2", "acc_leaf", "format_rate")
 
 
 def answer_node(final: str | None, taxonomy: Taxonomy) -> int:
@@ -106,9 +108,15 @@ class Evaluator:
                 key = OPTION_SETS[name][0]
                 acc, fmt = self._option_scores(questions, texts)
                 results[key] = acc
-                results["details"][key] = {"n": len(questions), "format_rate": fmt}
+                results["details"][key] = {"n": len(questions), "format_rate": fmt,
+                                           "ci95": metrics.wilson_interval(acc, len(questions))}
             else:
                 scores, preds = self._open_scores(questions, texts)
+                prefix = "" if name == "open" else f"{name}."
+                results["details"].update({
+                    prefix + k: {"n": len(questions),
+                                 "ci95": metrics.wilson_interval(scores[k], len(questions))}
+                    for k in ACCURACY_KEYS if k in scores})
                 if name == "open":
                     results.update(scores)
                     extras["open"] = preds

@@ -45,6 +45,17 @@ def option_accuracy(pred_option: Sequence[int] | np.ndarray, answer: Sequence[in
     return float(np.mean(pred == ans)) if n else 0.0
 
 
+def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% at z=1.96) of a share `accuracy` of `n` questions: unlike
+    the normal approximation it stays inside [0, 1] and is honest near 0 and 1 and at small n."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = float(accuracy)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+
 def unknown_distance(taxonomy: Taxonomy) -> int:
     """The tree distance charged for an UNKNOWN prediction: the tree's diameter."""
     return int(taxonomy.distance_matrix().max())

@@ -70,7 +70,29 @@ def results_markdown(results: dict[str, dict]) -> str:
     for key in ("acc_level1", "acc_level2", "acc_leaf", "mean_taxonomy_reward"):
         lines.append(f"| ood_open.{key} | " + " | ".join(
             _fmt(results[m].get("ood_open", {}).get(key)) for m in models) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _interval_lines(results)) + "\n"
+
+
+def _interval_lines(results: dict[str, dict]) -> list[str]:
+    """The 95% Wilson interval of every share-of-questions metric, one row each."""
+    models = list(results)
+    keys = list(dict.fromkeys(k for m in models for k in results[m].get("details", {})
+                              if "ci95" in results[m]["details"][k]))
+    if not keys:
+        return []
+    lines = ["", "95% Wilson intervals (n questions):", "",
+             "| metric | n | " + " | ".join(models) + " |", "|---" * (len(models) + 2) + "|"]
+    for key in keys:
+        cells, n = [], "-"
+        for m in models:
+            d = results[m].get("details", {}).get(key)
+            if d is None:
+                cells.append("-")
+                continue
+            n = d["n"]
+            cells.append(f"{_fmt(d['ci95'][0])}–{_fmt(d['ci95'][1])}")
+        lines.append(f"| {key} | {n} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _plots(workdir: Path, results: dict, extras: dict, taxonomy) -> None:
