@@ -9,11 +9,12 @@ transformers, loaded into ours with hf_io), with the same batch, sequence length
 The sides take turns (ours, ours bf16, torch, torch.compile, ours, ...) so load changes hit
 all alike; a turn is one untimed step then `turn` timed ones back to back, as in training (a
 step right after the other side's runs on caches that side evicted, and next to torch's
-OpenMP threads still spinning: measured 27 ms for ours alone, 33-36 ms strictly alternated). Reported per side: each step's seconds and minor page faults, median /
-min / max, the compile time (first call minus the median), and MFU against the XLA matmul peak
-measured in the same run. Also: our step in bfloat16 compute (f32 parameters and optimizer)
-with its first-step loss difference from f32, and with --torch-compile transformers under
-torch.compile (inductor) as a second baseline (`python -m benchmarks --torch-compile`).
+OpenMP threads still spinning: measured 27 ms for ours alone, 33-36 ms strictly alternated).
+Reported per side: each step's seconds and minor page faults, median / min / max, the compile
+time (first call minus the median), and MFU against the XLA matmul peak measured in the same
+run. Also: our step in bfloat16 compute (f32 parameters and optimizer) with its first-step loss
+difference from f32, and with --torch-compile transformers under torch.compile (inductor) as a
+second baseline (`python -m benchmarks --torch-compile`).
 Prints one JSON line; tokens/s counts every input token of the batch.
 """
 

@@ -92,9 +92,10 @@ def get_config() -> ConfigDict:
         # Concept questions per image (data/captions.py): the 4-option prompt about findings,
         # each option copied and checked, answered by letter, so that with keep=all the base
         # reads options from the prompt without disease knowledge (needs max_seq_len 272).
-        # 0 here: with 6 and keep=all the base copies 96% of option lines, but SFT from it
-        # reached 4-option 0.302 and disease accuracy 0.302 (vision-only: 0.257 and 0.479;
-        # README "Ablations").
+        # 0 here: with 6 and keep=all the base copies 96% of option lines, and 1600 SFT steps
+        # from it reached 4-option 0.410 but disease accuracy 0.330 (vision-only base, 800
+        # steps: 0.257 and 0.479), and `mcq` RL then lowered the 4-option score (README
+        # "Ablations").
         questions_per_image=0,
         keep="vision",          # vision (the aligned tower + merger, fresh LM) | all
     ))
