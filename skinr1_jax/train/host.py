@@ -51,10 +51,10 @@ def with_cpu_xla_flags(flags: str) -> str:
     return " ".join([flags, *extra]).strip()
 
 
-def tune_cpu_backend() -> list[str]:
+def tune_cpu_backend() -> None:
     """The CPU settings that `python -m launch` and the benchmarks run with. Call before any
     JAX backend starts (XLA reads its flags once, and the allocator setting must precede its
-    thread pools); returns what was applied.
+    thread pools).
 
     - freed heap memory is kept (`retain_freed_host_memory`);
     - XLA flags of CPU_XLA_FLAGS are added to XLA_FLAGS unless it already sets them;
@@ -66,17 +66,11 @@ def tune_cpu_backend() -> list[str]:
       thread allocates from the main heap, which `retain_freed_host_memory` keeps: 0-3 faulting
       steps of 30. The host-side work that async dispatch would overlap (batch assembly,
       logging) is under a millisecond a step and shares the same cores anyway."""
-    applied = []
-    if retain_freed_host_memory():
-        applied.append("retain_freed_host_memory")
-    flags = os.environ.get("XLA_FLAGS", "")
-    os.environ["XLA_FLAGS"] = with_cpu_xla_flags(flags)
-    applied += os.environ["XLA_FLAGS"][len(flags):].split()
+    retain_freed_host_memory()
+    os.environ["XLA_FLAGS"] = with_cpu_xla_flags(os.environ.get("XLA_FLAGS", ""))
     import jax  # importing starts no backend: XLA_FLAGS set later still apply
 
     jax.config.update("jax_cpu_enable_async_dispatch", False)
-    applied.append("jax_cpu_enable_async_dispatch=False")
-    return applied
 
 
 def runs_on_cpu_only() -> bool:
