@@ -17,6 +17,8 @@ is measured in the README ("A letter-answering base").
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any, Mapping, Sequence
 
 from skinr1_jax.data import prompts, tasks
@@ -59,6 +61,36 @@ def option_check(question: tasks.Question, taxonomy: Taxonomy) -> str:
         lines.append(f"\n{letter}: {name}, {role}")
     return (f" Its path: {' > '.join(taxonomy.name(n) for n in path)}. Options:{''.join(lines)}"
             f"\nMost specific on its path: {prompts.LETTERS[question.answer]}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class WrittenCheck:
+    """An option check as a response wrote it (`parse_option_check`)."""
+
+    path: tuple[str, ...]                      # node names, root first
+    lines: tuple[tuple[str, str, str], ...]    # (letter, option name, role) per line
+    letter: str                                # "Most specific on its path: X."
+
+
+_CHECK_RE = re.compile(r"Its path: (?P<path>[^\n]*?)\. Options:(?P<lines>(?:\n[^\n]*)*?)"
+                       r"\nMost specific on its path: (?P<letter>[A-Z])\.")
+
+
+def parse_option_check(text: str) -> WrittenCheck | None:
+    """The last option check in `text` in `option_check`'s layout, or None when there is none.
+    A line that is not `X: name, role` is kept as ("", line, "")."""
+    matches = list(_CHECK_RE.finditer(text))
+    if not matches:
+        return None
+    m = matches[-1]
+    lines = []
+    for line in m.group("lines").split("\n")[1:]:
+        head, sep, role = line.rpartition(", ")
+        if len(head) > 3 and head[1:3] == ": " and sep:
+            lines.append((head[0], head[3:], role))
+        else:
+            lines.append(("", line, ""))
+    return WrittenCheck(tuple(m.group("path").split(" > ")), tuple(lines), m.group("letter"))
 
 
 def build_sft_items(trajectories: Sequence[Mapping[str, Any]],

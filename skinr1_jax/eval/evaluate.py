@@ -15,6 +15,7 @@ import numpy as np
 
 from skinr1_jax.data import tasks
 from skinr1_jax.eval import metrics
+from skinr1_jax.eval.option_check import option_check_rates
 from skinr1_jax.rollout import Encoder, greedy_texts, make_sampler
 from skinr1_jax.taxonomy import UNKNOWN, Taxonomy
 from skinr1_jax.train.rewards import ResponseParser, credit_matrix
@@ -106,10 +107,13 @@ class Evaluator:
             texts = self._generate(variables, encoded)
             if name in OPTION_SETS:
                 key = OPTION_SETS[name][0]
-                acc, fmt = self._option_scores(questions, texts)
+                acc, fmt, preds = self._option_scores(questions, texts)
                 results[key] = acc
                 results["details"][key] = {"n": len(questions), "format_rate": fmt,
                                            "ci95": metrics.wilson_interval(acc, len(questions))}
+                if self.config.generate.option_check and OPTION_SETS[name][1] != "b_or_m":
+                    results["details"][key]["option_check"] = option_check_rates(
+                        questions, preds, texts, self.taxonomy)
             else:
                 scores, preds = self._open_scores(questions, texts)
                 prefix = "" if name == "open" else f"{name}."
@@ -125,16 +129,18 @@ class Evaluator:
             log.info("eval %s: %d questions", name, len(questions))
         return results, extras
 
-    def _option_scores(self, questions: list, texts: list[str]) -> tuple[float, float]:
+    def _option_scores(self, questions: list, texts: list[str]
+                       ) -> tuple[float, float, list[int]]:
+        """(accuracy, format rate, each answer's option index or -1)."""
         if not questions:
-            return float("nan"), float("nan")
+            return float("nan"), float("nan"), []
         preds, fmt = [], []
         for q, text in zip(questions, texts):
             parser = ResponseParser(num_options=len(q.options), **self.tags)
             preds.append(parser.option(parser.final_field(text)))
             fmt.append(parser.format_ok(text))
         answers = [q.answer for q in questions]
-        return metrics.option_accuracy(preds, answers), float(np.mean(fmt))
+        return metrics.option_accuracy(preds, answers), float(np.mean(fmt)), preds
 
     def _open_scores(self, questions: list, texts: list[str]) -> tuple[dict, dict]:
         if not questions:

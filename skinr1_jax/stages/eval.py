@@ -70,7 +70,23 @@ def results_markdown(results: dict[str, dict]) -> str:
     for key in ("acc_level1", "acc_level2", "acc_leaf", "mean_taxonomy_reward"):
         lines.append(f"| ood_open.{key} | " + " | ".join(
             _fmt(results[m].get("ood_open", {}).get(key)) for m in models) + " |")
-    return "\n".join(lines + _interval_lines(results)) + "\n"
+    return "\n".join(lines + _interval_lines(results) + _option_check_lines(results)) + "\n"
+
+
+def _option_check_lines(results: dict[str, dict]) -> list[str]:
+    """With generate.option_check: what the written checks show (eval/option_check.py)."""
+    from skinr1_jax.eval.option_check import RATE_KEYS
+
+    models = list(results)
+    rows = [(m, key, d["option_check"]) for m in models
+            for key, d in results[m].get("details", {}).items() if "option_check" in d]
+    if not rows:
+        return []
+    lines = ["", "Option checks (shares of questions; the two copy rates of option lines):", "",
+             "| model | set | " + " | ".join(RATE_KEYS) + " |", "|---" * (len(RATE_KEYS) + 2) + "|"]
+    lines += [f"| {m} | {key} | " + " | ".join(_fmt(rates[k]) for k in RATE_KEYS) + " |"
+              for m, key, rates in rows]
+    return lines
 
 
 def _interval_lines(results: dict[str, dict]) -> list[str]:

@@ -1,0 +1,33 @@
+"""Every config file in configs/ loads, validates, and keeps the default's schema, so that
+`--config.<key>=value` means the same thing with each of them."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+from configs import default
+from skinr1_jax.config import validate
+
+CONFIGS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs").glob("*.py")
+                 if p.stem != "__init__")
+
+
+def _keys(tree, prefix=""):
+    out = set()
+    for k, v in tree.items():
+        out |= _keys(v, f"{prefix}{k}.") if hasattr(v, "items") else {prefix + k}
+    return out
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_file_validates_with_the_default_schema(name):
+    config = importlib.import_module(f"configs.{name}").get_config()
+    validate(config)
+    extra = _keys(config) - _keys(default.get_config())
+    # Only the ablation sweep adds keys (its variants), under its own section.
+    assert all(k.startswith("ablation.") for k in extra), extra
+    assert _keys(default.get_config()) <= _keys(config)
+
