@@ -96,7 +96,7 @@ def get_config() -> ConfigDict:
         # from it reached 4-option 0.410 but disease accuracy 0.330 (vision-only base, 800
         # steps: 0.257 and 0.479), and `mcq` RL then lowered the 4-option score (README
         # "Ablations"); configs/letter_answering.py is the recipe that then lifted `mcq` RL
-        # above SFT's interval on one seed.
+        # above SFT's interval on one of two seeds.
         questions_per_image=0,
         keep="vision",          # vision (the aligned tower + merger, fresh LM) | all
     ))
