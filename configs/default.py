@@ -24,6 +24,9 @@ def get_config() -> ConfigDict:
         param_dtype="float32",  # master parameter dtype
         remat=False,
         vocab_size=2048,        # embedded tokenizer size (tiny model only)
+        # Embedded tokenizer: option labels `A:`..`Z:` as single tokens, so that a small model can
+        # copy an option by its label (model/tokenizer.py: OPTION_LABELS).
+        option_label_tokens=False,
         lora=ConfigDict(dict(
             rank=0,             # 0 = full fine-tuning
             alpha=32.0,

@@ -19,6 +19,7 @@ from configs import default
 def get_config() -> ConfigDict:
     c = default.get_config()
     c.workdir = "workdir/letter_answering"
+    c.model.option_label_tokens = True  # `B:` one token: options copied by their label
     c.pretrain.keep = "all"
     c.pretrain.questions_per_image = 6
     c.pretrain.max_seq_len = 272      # the 4-option prompt and its answer, untruncated

@@ -165,3 +165,24 @@ def test_folder_without_specials_is_rejected(tmp_path):
     raw.save(str(tmp_path / "plain" / "tokenizer.json"))
     with pytest.raises(ValueError, match="<\\|endoftext\\|>"):
         load_tokenizer(tmp_path / "plain")
+
+
+def test_option_labels_are_single_tokens_within_the_vocab(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    corpus = CORPUS + ["Which?\nA: psoriasis\nB: lichen planus\nC: eczema\nD: tinea"] * 20
+    tok = build_embedded_tokenizer(corpus, 512, tmp_path, option_labels=True)
+    plain = build_embedded_tokenizer(corpus, 512)
+    assert tok.vocab_size <= 512 and plain.vocab_size <= 512
+    text = "Options:\nB: lichen planus, off its path\n<final diagnosis>C: eczema</final diagnosis>"
+    ids = tok.encode(text)
+    pieces = [tok.decode([i]) for i in ids]
+    # The name follows its own label, not a `:` shared by every option.
+    assert pieces[pieces.index("B:") + 1] == " lichen" and "C:" in pieces
+    assert "B:" not in [plain.decode([i]) for i in plain.encode(text)]
+    assert tok.decode(ids) == text
+    # Only whole words: a label glued to a word stays ordinary text.
+    assert "A:" not in [tok.decode([i]) for i in tok.encode("HbA: 7")]
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)
+    assert hf.encode(text, add_special_tokens=False) == ids
+    with pytest.raises(ValueError, match="option labels"):
+        build_embedded_tokenizer(corpus, 14 + 256 + 26, option_labels=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Regex, decoders, normalizers, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import BPE
 
@@ -51,6 +51,11 @@ CHAT_TEMPLATE = (
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# Option labels as single tokens (`build_embedded_tokenizer(option_labels=True)`). Qwen's split
+# makes `B: name` into `B`, `:`, ` name`, so every option name follows the same `:` and a copy
+# of option B must key on the letter two tokens back; with `B:` one token the name follows its
+# own label and a two-layer model's induction copy can find it (README "A letter-answering base").
+OPTION_LABELS: tuple[str, ...] = tuple(f"{chr(ord('A') + i)}:" for i in range(26))
 _REQUIRED = (PAD_TOKEN, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)
 
 
@@ -223,20 +228,26 @@ def _empty_bpe() -> HFTokenizer:
 
 
 def build_embedded_tokenizer(corpus: Iterable[str], vocab_size: int,
-                             out_dir: str | os.PathLike | None = None) -> Tokenizer:
+                             out_dir: str | os.PathLike | None = None, *,
+                             option_labels: bool = False) -> Tokenizer:
     """Train a deterministic byte-level BPE on `corpus` with the Qwen2.5-VL special tokens.
 
-    Ids 0..13 are the special tokens (pad = 0), then the 256 byte symbols, then merges.
-    Every byte string is encodable. The same corpus gives a byte-identical tokenizer.json.
+    Ids 0..13 are the special tokens (pad = 0), then the 256 byte symbols, then merges, then
+    with `option_labels` the 26 OPTION_LABELS (ordinary tokens, matched as whole words, within
+    `vocab_size`). Every byte string is encodable. The same corpus gives a byte-identical
+    tokenizer.json.
     """
-    floor = len(SPECIAL_TOKENS) + 256
+    labels = OPTION_LABELS if option_labels else ()
+    floor = len(SPECIAL_TOKENS) + 256 + len(labels)
     if vocab_size <= floor:
-        raise ValueError(f"vocab_size must exceed {floor} (specials + 256 bytes), got {vocab_size}")
+        raise ValueError(f"vocab_size must exceed {floor} (specials + 256 bytes"
+                         f"{' + option labels' if labels else ''}), got {vocab_size}")
     tok = _empty_bpe()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
+        vocab_size=vocab_size - len(labels), min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator((t for t in corpus), trainer=trainer)
+    tok.add_tokens([AddedToken(label, single_word=True, normalized=False) for label in labels])
     wrapped = Tokenizer(tok, "<embedded>")
     if out_dir is not None:
         wrapped.save(out_dir)

@@ -76,6 +76,7 @@ def _build_tokenizer(config: ConfigDict, workdir: Path, items: list[dict], dense
     for node_id in kb.node_ids:
         corpus.extend(kb.rules(node_id))
     out = workdir / "tokenizer"
-    tokenizer = build_embedded_tokenizer(corpus, config.model.vocab_size, out)
+    tokenizer = build_embedded_tokenizer(corpus, config.model.vocab_size, out,
+                                         option_labels=config.model.option_label_tokens)
     print(f"[generate] embedded tokenizer: {tokenizer.vocab_size} ids -> {out}")
     return tokenizer
