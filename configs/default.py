@@ -99,7 +99,7 @@ def get_config() -> ConfigDict:
         # from it reached 4-option 0.410 but disease accuracy 0.330 (vision-only base, 800
         # steps: 0.257 and 0.479), and `mcq` RL then lowered the 4-option score (README
         # "Ablations"); configs/letter_answering.py is the recipe where `mcq` RL then beat SFT
-        # on three seeds of three (+0.047 +- 0.036), beyond a run's interval on one.
+        # on three seeds of four (+0.019 +- 0.092 over the four).
         questions_per_image=0,
         keep="vision",          # vision (the aligned tower + merger, fresh LM) | all
     ))

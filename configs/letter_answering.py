@@ -8,8 +8,8 @@ Pretraining keeps the whole model and adds six 4-option concept questions per im
 in four option draws (data/sft_mix.py); RL is the paper's 4-option form at temperature 0.5
 with 16 prompts a step; the embedded tokenizer keeps option labels (`B:`) whole. README
 "A letter-answering base" has what each setting bought and the measured runs: over seeds 42,
-0 and 1, mcq_indomain base 0.06-0.24 < SFT 0.38-0.63 < SFT+RL 0.44-0.68 (RL gain +0.047 +- 0.036,
-beyond a single run's interval on one seed); 15 min 10 s on the 2-core CPU.
+0, 1 and 2, mcq_indomain base 0.06-0.24 < SFT 0.38-0.63; SFT+RL - SFT +0.059, +0.031, +0.053,
+-0.066 (not yet a reliable gain); 15 min 6-10 s on the 2-core CPU.
 """
 
 from ml_collections import ConfigDict
