@@ -10,16 +10,14 @@ import pytest
 
 from configs import default
 from skinr1_jax.config import validate
+from skinr1_jax.model.hf_io import flatten_tree
 
 CONFIGS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs").glob("*.py")
                  if p.stem != "__init__")
 
 
-def _keys(tree, prefix=""):
-    out = set()
-    for k, v in tree.items():
-        out |= _keys(v, f"{prefix}{k}.") if hasattr(v, "items") else {prefix + k}
-    return out
+def _keys(config) -> set[str]:
+    return {".".join(path) for path, _ in flatten_tree(config.to_dict())}
 
 
 @pytest.mark.parametrize("name", CONFIGS)
