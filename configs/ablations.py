@@ -1,4 +1,5 @@
-"""The paper's ablations on the embedded default, 3 seeds each:
+"""The paper's ablations on the open-ended recipe (configs/open_rl.py, where they were
+measured; README "Ablations"), 3 seeds each:
 
     python -m launch ablate --config configs/ablations.py
 
@@ -12,11 +13,11 @@ nothing SFT depends on, its SFT model (skinr1_jax/stages/ablate.py); the command
 
 from ml_collections import ConfigDict
 
-from configs import default
+from configs import open_rl
 
 
 def get_config() -> ConfigDict:
-    c = default.get_config()
+    c = open_rl.get_config()
     c.workdir = "workdir/ablations"
     # A reduced budget (the pipelines of 3 seeds on 2 CPU cores in about an hour): the main
     # job's data and pretraining (run once per seed and shared, see skinr1_jax/stages/ablate.py),

@@ -25,8 +25,9 @@ def get_config() -> ConfigDict:
         remat=False,
         vocab_size=2048,        # embedded tokenizer size (tiny model only)
         # Embedded tokenizer: option labels `A:`..`Z:` as single tokens, so that a small model can
-        # copy an option by its label (model/tokenizer.py: OPTION_LABELS).
-        option_label_tokens=False,
+        # copy an option by its label (model/tokenizer.py: OPTION_LABELS; option lines copied
+        # right after SFT 0.54 -> 0.63, README "A letter-answering base").
+        option_label_tokens=True,
         lora=ConfigDict(dict(
             rank=0,             # 0 = full fine-tuning
             alpha=32.0,
@@ -48,19 +49,18 @@ def get_config() -> ConfigDict:
         dense_per_class=120,    # concept-annotated images per disease (captions, trajectories, SFT)
         sparse_per_class=48,    # label-only images per disease (RL)
         val_per_class=6,
-        test_per_class=24,      # 288 test questions per set: +-0.06 is a 95% interval at 0.5
+        test_per_class=48,      # 576 test questions per set: +-0.04 is a 95% interval at 0.5
         ood_per_class=16,
         train_fraction=1.0,     # data-scaling runs: 0.01, 0.05, 0.1, 0.2
         on_bad_image="fail",    # fail | skip
         min_pixels=32 * 32,
         max_pixels=64 * 64,
-        max_seq_len=320,
+        max_seq_len=384,
         # Logits (the vocabulary matmul) only at up to this many target positions per row of
         # an SFT or pretrain batch; a row with more is an error naming this key. 0 = every
-        # position. The longest default SFT response is 170 tokens (measured; 218 with
-        # generate.option_check, which needs 240 here and a max_seq_len of about 400: at 384,
-        # 105 of 12,800 SFT rows were truncated).
-        max_target_tokens=224,
+        # position. The longest SFT response is 218 tokens with generate.option_check (170
+        # without); at max_seq_len 384, 105 of 12,800 SFT rows were truncated (measured).
+        max_target_tokens=240,
     ))
 
     c.generate = ConfigDict(dict(
@@ -74,12 +74,12 @@ def get_config() -> ConfigDict:
         # 0 is the paper's recipe, a tiny model needs the answer format taught.
         question_share=1.0,
         # Option questions' twins end their thinking with the taxonomy path and a check of
-        # each option against it (data/sft_mix.py). Off: on the default it did not lift the
-        # 4-option sets off chance and makes SFT and RL ~2x slower (README "Ablations").
-        option_check=False,
+        # each option against it (data/sft_mix.py): the lookup a small model needs to answer
+        # by letter (without it the 4-option sets stayed at chance; README "Ablations").
+        option_check=True,
         # Twins per trajectory, each with its own draw of options and letters, so the options
         # must be read from the prompt rather than remembered per image (>1: more SFT items).
-        question_variants=1,
+        question_variants=4,
         llm=ConfigDict(dict(enabled=False, url="", model="", api_key_env="OPENAI_API_KEY",
                             temperature=0.2, max_tokens=120, timeout_s=30.0)),
     ))
@@ -87,25 +87,26 @@ def get_config() -> ConfigDict:
     # Vision-language alignment on image -> findings captions (stage `pretrain`), which a
     # random tiny model needs before it can see; 0 for a pretrained VLM checkpoint.
     c.pretrain = ConfigDict(dict(
-        steps=1500,
+        steps=1000,
         batch_size=16,
         learning_rate=2e-3,
         warmup_ratio=0.03,
-        max_seq_len=96,         # chat template, image tokens, prompt and caption: ~75
+        # Captions are ~75 tokens (chat template, image tokens, prompt); a concept question
+        # with its answer ~250 (at 224, 16,007 rows were truncated).
+        max_seq_len=272,
         # Concept questions per image (data/captions.py): the 4-option prompt about findings,
         # each option copied and checked, answered by letter, so that with keep=all the base
-        # reads options from the prompt without disease knowledge (needs max_seq_len 272).
-        # 0 here: with 6 and keep=all the base copies 96% of option lines, and 1600 SFT steps
-        # from it reached 4-option 0.410 but disease accuracy 0.330 (vision-only base, 800
-        # steps: 0.257 and 0.479), and `mcq` RL then lowered the 4-option score (README
-        # "Ablations"); configs/letter_answering.py is the recipe where `mcq` RL then beat SFT
-        # on three seeds of four (+0.019 +- 0.092 over the four).
-        questions_per_image=0,
-        keep="vision",          # vision (the aligned tower + merger, fresh LM) | all
+        # reads options from the prompt without disease knowledge (it copies 96% of option
+        # lines of new draws). Each question draws its own options. 0 = captions only.
+        questions_per_image=6,
+        # all (the whole captioned model) | vision (the aligned tower + merger on a fresh LM:
+        # better open-ended disease accuracy, 0.479 vs 0.330, but no letter answering;
+        # configs/open_rl.py)
+        keep="all",
     ))
 
     c.sft = ConfigDict(dict(
-        steps=800,
+        steps=1600,             # 800 left the 4-option set at chance (0.250)
         batch_size=16,
         grad_accum=1,
         learning_rate=2e-3,
@@ -115,14 +116,18 @@ def get_config() -> ConfigDict:
     ))
 
     c.rl = ConfigDict(dict(
-        steps=240,
-        batch_size=8,           # prompts per update; each gets num_generations completions
+        steps=160,
+        # Prompts per update; each gets num_generations completions. 16 at temperature 0.5
+        # lifted mcq_indomain 0.406 -> 0.490 where 8 at 0.7 gave 0.403 (one SFT model).
+        batch_size=16,
         num_generations=4,
-        temperature=1.0,
+        temperature=0.5,        # at 1.0 rollouts were garbled mid-sentence
         top_k=0,
         top_p=1.0,
-        max_new_tokens=160,     # the longest SFT answers are ~150 tokens (~210 with option_check)
-        learning_rate=2e-4,
+        max_new_tokens=224,     # the longest SFT answers are ~210 tokens (~150 without option_check)
+        # 2e-4 left the policy close to SFT (KL 0.013 at the end; mcq_indomain +0.025 on
+        # seed 42), 5e-4 gave +0.070 (README "Results on the embedded default").
+        learning_rate=5e-4,
         warmup_ratio=0.03,
         beta=0.04,              # KL weight (the paper's); 0 skips the reference forward
         mu=1,                   # updates per rollout batch (>1: clipped ratio vs the sampled
@@ -133,9 +138,9 @@ def get_config() -> ConfigDict:
         loss_agg="seq_mean",    # seq_mean (paper) | token_mean
         lambda_sft=0.5,         # joint objective: lambda_sft * SFT + lambda_rl * GRPO
         lambda_rl=1.0,
-        # mcq (the paper's 4-option form) | open (taxonomy-distance reward) | mixed. The tiny
-        # default's 4-option accuracy stays at chance after SFT, so its RL budget goes to `open`.
-        task="open",
+        # mcq (the paper's 4-option form) | open (taxonomy-distance reward; configs/open_rl.py)
+        # | mixed (a stable per-question coin).
+        task="mcq",
         init_from="sft",        # sft | base (the paper's "RL without SFT" ablation)
         init_sft_step=0,        # SFT checkpoint step RL starts from; 0 = the final one
         reward=ConfigDict(dict(
@@ -151,8 +156,8 @@ def get_config() -> ConfigDict:
     c.eval = ConfigDict(dict(
         models=("base", "sft", "sft_rl"),
         sets=("indomain", "b_or_m", "hierarchical", "ddx", "ood", "open", "ood_open"),
-        max_new_tokens=192,
-        batch_size=32,
+        max_new_tokens=224,
+        batch_size=64,          # 32: 78 s for the 3 models' 7 sets, 64: fewer, fuller decode loops
         max_examples=0,         # per question set, evenly spaced over the split; 0 = all
     ))
 

@@ -135,6 +135,8 @@ class GRPOBatch:
     position_ids: np.ndarray       # i32[3, rows, S]
     pixel_values: np.ndarray       # f32[rows * patches, D]
     completion_mask: np.ndarray    # i32[rows, S]
+    target_positions: np.ndarray   # i32[rows, T]: the completion slots P..S-1, where the
+                                   # step computes logits (train/step.py: rl_logprobs)
     group_ids: np.ndarray          # i32[rows]
     old_logprobs: np.ndarray       # f32[rows, S]
     rewards: dict[str, np.ndarray]  # i32 / f32 [rows] (option_scores f32[rows, MAX_OPTIONS])
@@ -183,6 +185,7 @@ def grpo_batch(prompts: Mapping[str, Any], tokens: np.ndarray, logprobs: np.ndar
         input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
         pixel_values=pixels.astype(np.float32),
         completion_mask=np.concatenate([no_prompt, completion], axis=1),
+        target_positions=np.broadcast_to(p + steps, (b * g, t)).astype(np.int32),
         group_ids=assign_group_ids(b, g) + np.int32(first_group),
         old_logprobs=np.concatenate([no_prompt.astype(np.float32),
                                      np.where(completion > 0, logprobs, 0).astype(np.float32)],

@@ -108,10 +108,12 @@ def test_alignment_items_add_questions_with_varied_letters():
 
 
 def test_pretrain_says_when_rows_lose_their_answers(tmp_path):
-    # A caption row is ~76 tokens (prompt, image tokens and template 63): 72 cuts its answer.
+    # A caption row is ~76 tokens (prompt, image tokens and template 63): 72 cuts its answer
+    # (captions only: a concept question's prompt alone is longer).
     workdir = tmp_path / "wd"
     cmd = [sys.executable, "-m", "launch", "--config", "configs/ci.py", "--stages=generate,pretrain",
-           f"--config.workdir={workdir}", "--config.pretrain.max_seq_len=72"]
+           f"--config.workdir={workdir}", "--config.pretrain.max_seq_len=72",
+           "--config.pretrain.questions_per_image=0"]
     repo = Path(__file__).resolve().parent.parent
     out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -99,6 +99,8 @@ def test_grpo_batch_layout(model, tok):
     # old_logprobs: the sampled log-probs on the completion tokens, 0 elsewhere.
     np.testing.assert_array_equal(b.old_logprobs, -b.completion_mask.astype(np.float32))
     np.testing.assert_array_equal(b.input_ids[:, p:], tokens)
+    # Logits are computed at the completion slots only: every row's P..P+T-1.
+    np.testing.assert_array_equal(b.target_positions, np.tile(np.arange(p, p + t), (2 * g, 1)))
     arrays = b.arrays()
     assert {"input_ids", "completion_mask", "group_ids", "old_logprobs", "format_ok",
             "option_scores"} <= set(arrays)

@@ -11,8 +11,8 @@ import pytest
 from scipy import stats
 
 from skinr1_jax.model import forward, get_rope_index, tiny_config
-from skinr1_jax.model.sampler import (cache_buckets, choose_tokens, filter_logits, sample,
-                                      trace_count)
+from skinr1_jax.model.sampler import (cache_buckets, choose_tokens, draw_categorical, filter_logits,
+                                      sample, trace_count)
 from skinr1_jax.rollout import vision_ids
 
 GRID = ((1, 4, 4),)
@@ -213,6 +213,20 @@ def test_choose_tokens_frequencies_on_fixed_logits():
     assert 0.5 * np.abs(freq - np.exp(np.asarray(logits))).sum() < 0.03
     ids, _ = choose_tokens(jax.random.key(0), batch[:3], greedy=True)
     np.testing.assert_array_equal(ids, [1, 1, 1])
+
+
+def test_draw_categorical_is_exact_and_skips_masked_ids():
+    # Masked ids at both ends and in the middle, so the CDF has flat stretches everywhere.
+    probs = np.array([0.0, 0.1, 0.0, 0.25, 0.0, 0.6, 0.05, 0.0, 0.0])
+    logits = jnp.log(jnp.asarray(probs, jnp.float32))
+    draws = 40000
+    ids = np.asarray(draw_categorical(jax.random.key(7), jnp.broadcast_to(logits, (draws, probs.size))))
+    assert ids.dtype == np.int32 and set(np.unique(ids)) == set(np.flatnonzero(probs))
+    counts = np.bincount(ids, minlength=probs.size)[probs > 0]
+    assert stats.chisquare(counts, probs[probs > 0] * draws).pvalue > 1e-3
+    # A single finite entry, last in the row: every draw is it (u never reaches the total).
+    only_last = jnp.full((64, 5), -jnp.inf).at[:, -1].set(3.0)
+    np.testing.assert_array_equal(draw_categorical(jax.random.key(1), only_last), 4)
 
 
 def test_stop_strings_cut_after_completing_token(model, tok, std_batch, greedy_out):

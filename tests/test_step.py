@@ -194,9 +194,10 @@ def test_aot_compile_reports_memory_and_fails_fast():
 def test_step_config_from_project_config():
     from configs.default import get_config
     c = get_config()
-    c.rl.lambda_sft, c.rl.beta = 0.25, 0.5
+    c.rl.lambda_sft, c.rl.beta, c.rl.temperature, c.rl.num_generations = 0.25, 0.5, 0.7, 3
     s = stp.StepConfig.from_config(c, "rl")
-    assert (s.lambda_sft, s.lambda_rl, s.beta, s.temperature) == (0.25, 1.0, 0.5, 1.0)
+    assert (s.lambda_sft, s.lambda_rl, s.beta, s.temperature) == (0.25, 1.0, 0.5, 0.7)
+    assert s.num_generations == 3
     assert s.reward.variant == "hierarchical" and s.reward.malignancy_weight == 0.25
     assert stp.StepConfig.from_config(c, "sft").rl is False
 

@@ -68,6 +68,22 @@ def filter_logits(logits: jnp.ndarray, top_k: jnp.ndarray | int = 0,
     return jnp.where(logits < cutoff, -jnp.inf, logits)
 
 
+def draw_categorical(rng: jax.Array, logits: jnp.ndarray) -> jnp.ndarray:
+    """One id per row from softmax(logits f32[B, V]) (-inf entries never drawn) -> i32[B].
+
+    Inverts the CDF at one uniform per row: the first id whose cumulative mass exceeds
+    u * total. Exact in distribution, like `jax.random.categorical`'s Gumbel-max, which draws a
+    random number per vocabulary entry: on CPU those [B, V] threefry draws made temperature
+    sampling ~2 ms a decode step slower than greedy (batch 64, V 2048), a third of a rollout.
+    """
+    probs = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    cdf = jnp.cumsum(probs, axis=-1)
+    total = cdf[:, -1:]
+    # u < total strictly, so some cdf entry exceeds it; the first that does has mass > 0.
+    u = jnp.minimum(jax.random.uniform(rng, total.shape) * total, jnp.nextafter(total, 0.0))
+    return jnp.sum(cdf <= u, axis=-1).astype(jnp.int32)
+
+
 def choose_tokens(rng: jax.Array, logits: jnp.ndarray, temperature: jnp.ndarray | float = 1.0,
                   top_k: jnp.ndarray | int = 0, top_p: jnp.ndarray | float = 1.0, *, greedy: bool = False,
                   filtered: bool = True) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -88,7 +104,7 @@ def choose_tokens(rng: jax.Array, logits: jnp.ndarray, temperature: jnp.ndarray 
         return ids.astype(jnp.int32), -jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1))
     scaled = logits / temperature
     logp = jax.nn.log_softmax(scaled, axis=-1)
-    ids = jax.random.categorical(rng, filter_logits(scaled, top_k, top_p) if filtered else scaled, axis=-1)
+    ids = draw_categorical(rng, filter_logits(scaled, top_k, top_p) if filtered else scaled)
     chosen = jnp.take_along_axis(logp, ids[:, None], axis=-1)[:, 0]
     return ids.astype(jnp.int32), chosen
 

@@ -151,6 +151,50 @@ def forward(cfg: ModelConfig, variables: Variables, batch: dict[str, Any], *,
                   last_logits_only=last_logits_only)
 
 
+def forward_grouped(cfg: ModelConfig, variables: Variables, batch: dict[str, Any], *,
+                    groups: int, prompt_len: int, grid_thw: GridTHW | None = None,
+                    deterministic: bool = True, rngs: dict[str, jax.Array] | None = None
+                    ) -> jnp.ndarray:
+    """Logits f32[B, S - P, V] at positions P-1 .. S-2 (those predicting tokens P .. S-1) of a
+    batch whose rows come in `groups` consecutive copies of each prompt: rows i*G .. i*G+G-1
+    share input_ids[:, :P], their positions and their image (an RL batch of G completions per
+    prompt, P = `prompt_len`). Each prompt (and its image) runs once, into a KV cache the G
+    completions of its group then attend to: the same logits as `forward` at those positions,
+    for about 1/G of the prompt's work (prompt and image are half an RL row or more).
+    `grid_thw` lists every row's image, as for `forward`."""
+    ids = jnp.asarray(batch["input_ids"], jnp.int32)
+    rows, s = ids.shape
+    g, p = int(groups), int(prompt_len)
+    if g < 1 or rows % g or not 0 < p < s:
+        raise ValueError(f"forward_grouped: {rows} rows in groups of {g}, prompt length {p} of {s}")
+    mask = jnp.asarray(batch["attention_mask"], jnp.int32)
+    pos = jnp.asarray(batch["position_ids"], jnp.int32)
+    prompt = {"input_ids": ids[::g, :p], "attention_mask": mask[::g, :p],
+              "position_ids": pos[:, ::g, :p]}
+    grid = None
+    if batch.get("pixel_values") is not None:
+        pixels = jnp.asarray(batch["pixel_values"])
+        prompt["pixel_values"] = pixels.reshape(rows, -1, pixels.shape[-1])[::g].reshape(
+            -1, pixels.shape[-1])
+        grid = tuple(grid_thw)[::g]
+    cache = init_cache(cfg, rows // g, p)
+    first, cache = forward(cfg, variables, prompt, grid_thw=grid, cache=cache, cache_index=0,
+                           deterministic=deterministic, rngs=rngs, last_logits_only=True)
+    first = jnp.repeat(first, g, axis=0)
+    if s - 1 == p:
+        return first
+    # The group's copies of the prompt cache, with room for the completion tokens P .. S-2.
+    axis, batch_axis = CACHE_AXES.index("cache_len"), CACHE_AXES.index("batch")
+    grow = [(0, 0)] * 4
+    grow[axis] = (0, s - 1 - p)
+    cache = jax.tree.map(lambda x: jnp.pad(jnp.repeat(x, g, axis=batch_axis), grow), cache)
+    rest = {"input_ids": ids[:, p:s - 1], "attention_mask": mask[:, :s - 1],
+            "position_ids": pos[:, :, p:s - 1]}
+    later, _ = forward(cfg, variables, rest, cache=cache, cache_index=p,
+                       deterministic=deterministic, rngs=rngs)
+    return jnp.concatenate([first, later], axis=1)
+
+
 def _check_image_tokens(cfg: ModelConfig, input_ids: Any, grid_thw: GridTHW | None) -> None:
     """Host-side check (skipped under tracing) that image tokens and image features agree."""
     if not grid_thw:

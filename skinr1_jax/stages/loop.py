@@ -21,6 +21,7 @@ from ml_collections import ConfigDict
 
 from skinr1_jax.config import ConfigError
 from skinr1_jax.model import abstract_variables, forward
+from skinr1_jax.model.vlm import forward_grouped
 from skinr1_jax.model.hf_io import flatten_tree
 from skinr1_jax.train import checkpoint as ckpt
 from skinr1_jax.train import logging as tlog
@@ -53,11 +54,15 @@ def apply_fn_for(model_cfg: Any, grid: tuple[int, int, int] | None) -> Callable:
     """The model as the step sees it. Every row carries one image of the same grid (fixed
     image size), so the static grid tuple follows from the row count of each micro-batch."""
 
-    def apply_fn(variables, batch, rng, deterministic):
+    def apply_fn(variables, batch, rng, deterministic, shared_prompt=None):
         rows = batch["input_ids"].shape[0]
         grid_thw = (grid,) * rows if "pixel_values" in batch else None
-        return forward(model_cfg, variables, batch, grid_thw=grid_thw,
-                       deterministic=deterministic, rngs={"dropout": rng})[0]
+        kw = dict(grid_thw=grid_thw, deterministic=deterministic, rngs={"dropout": rng})
+        if shared_prompt is not None:   # (groups, prompt length): see train/step.py
+            groups, prompt_len = shared_prompt
+            return forward_grouped(model_cfg, variables, batch, groups=groups,
+                                   prompt_len=prompt_len, **kw)
+        return forward(model_cfg, variables, batch, **kw)[0]
 
     return apply_fn
 

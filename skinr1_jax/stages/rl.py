@@ -232,7 +232,8 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     grid = source.grid
     if ref_variables is not None or int(config.rl.mu) > 1:      # ref_logprobs, old_logprobs
         source.logprob_fn = make_logprob_fn(apply_fn_for(model_cfg, grid),
-                                            float(config.rl.temperature), mesh, var_shardings)
+                                            float(config.rl.temperature), mesh, var_shardings,
+                                            groups=step_cfg.num_generations)
     credit = None
     if config.rl.task != "mcq":
         taxonomy, _ = common.taxonomy_and_kb()

@@ -32,6 +32,25 @@ def token_entropy(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
     return jnp.pad(ent[:, :-1], ((0, 0), (1, 0)))
 
 
+def completion_logprobs(logits: jax.Array, input_ids: jax.Array, positions: jax.Array,
+                        temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+    """`token_logprobs` and `token_entropy` when `logits` f32[B, K, V] were computed only at
+    `positions - 1`, for positions i32[B, K] (each >= 1, distinct within a row): both f32[B, S],
+    0 outside the positions. The entropy is of the stopped-gradient logits (a metric)."""
+    if logits.shape[:2] != positions.shape or positions.shape[0] != input_ids.shape[0]:
+        raise ValueError(f"completion_logprobs: logits {logits.shape}, positions "
+                         f"{positions.shape}, input_ids {input_ids.shape} disagree")
+    logits = logits.astype(jnp.float32) / temperature
+    targets = jnp.take_along_axis(input_ids, positions, axis=1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    logp = picked - jax.nn.logsumexp(logits, axis=-1)
+    logq = jax.nn.log_softmax(jax.lax.stop_gradient(logits), axis=-1)
+    ent = -jnp.sum(jnp.exp(logq) * logq, axis=-1)
+    rows = jnp.arange(positions.shape[0])[:, None]
+    full = jnp.zeros((positions.shape[0], input_ids.shape[1]), jnp.float32)
+    return full.at[rows, positions].set(logp), full.at[rows, positions].set(ent)
+
+
 def sft_loss(logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Array
              ) -> tuple[jax.Array, jax.Array]:
     """Token-level cross-entropy over target tokens (assistant turn): (sum, count)."""

@@ -13,7 +13,10 @@ Batches are dicts in input-token coordinates (see losses.py):
        to and including EOS), group_ids i32[B], the reward inputs of rewards.compute_rewards,
        ref_logprobs f32[B,S] when beta != 0, old_logprobs f32[B,S] when mu > 1.
 `apply_fn(variables, model_inputs, rng, deterministic) -> logits f32[B,S,V]` receives only the
-model inputs, with B = batch // grad_accum rows.
+model inputs, with B = batch // grad_accum rows. RL batches with `target_positions` (their
+completion slots P..S-1) get logits there only; with `StepConfig.num_generations` > 1 as well,
+`apply_fn(..., shared_prompt=(groups, P))` must return those logits f32[B, S-P, V] for rows in
+consecutive groups sharing a prompt (model.vlm.forward_grouped runs each prompt once).
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ class StepConfig:
     scale_std: bool = True
     loss_agg: str = "seq_mean"
     reward: rewards.RewardSpec = rewards.RewardSpec()
+    # Completions per prompt in RL batches (rows prompt-major): > 1 runs each prompt once for
+    # its group (apply_fn's shared_prompt); 0 = every row on its own.
+    num_generations: int = 0
 
     def __post_init__(self):
         if self.lambda_sft < 0 or self.lambda_rl < 0 or self.lambda_sft + self.lambda_rl == 0:
@@ -72,6 +78,13 @@ class StepConfig:
     def rl(self) -> bool:
         return self.lambda_rl > 0
 
+    @property
+    def prompt_groups(self) -> int:
+        """Rows per prompt inside one micro-batch (0: no sharing). The strided micro-batch split
+        keeps G / grad_accum consecutive rows of each prompt together when that divides."""
+        g, n = self.num_generations, self.grad_accum
+        return g // n if g % n == 0 and g // n > 1 else 0
+
     @classmethod
     def from_config(cls, cfg: Any, stage: str) -> "StepConfig":
         """Step settings of the `sft` or `rl` stage from the project config."""
@@ -84,7 +97,8 @@ class StepConfig:
                    grad_accum=int(rl.get("grad_accum", 1)), temperature=float(rl.temperature),
                    beta=float(rl.beta), mu=int(rl.mu), clip_low=float(rl.clip_low),
                    clip_high=float(rl.clip_high), scale_std=bool(rl.scale_std),
-                   loss_agg=str(rl.loss_agg), reward=rewards.RewardSpec.from_config(rl.reward))
+                   loss_agg=str(rl.loss_agg), reward=rewards.RewardSpec.from_config(rl.reward),
+                   num_generations=int(rl.num_generations))
 
 
 def model_inputs(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
@@ -168,10 +182,11 @@ def make_train_step(apply_fn: ApplyFn, step_cfg: StepConfig,
     replicated = NamedSharding(mesh, P())
     logits_names = ("batch", "length", "act_vocab")
 
-    def forward(variables, batch, rng):
+    def forward(variables, batch, rng, shared_prompt=None):
         inputs = jax.lax.with_sharding_constraint(
             model_inputs(batch), shd.batch_shardings(model_inputs(batch), mesh))
-        logits = apply_fn(variables, inputs, rng, False)
+        kw = {} if shared_prompt is None else {"shared_prompt": shared_prompt}
+        logits = apply_fn(variables, inputs, rng, False, **kw)
         return shd.constrain(logits, logits_names, mesh)
 
     def micro_loss(trainable, frozen, sft_mb, rl_mb, rng, sft_count, rl_count):
@@ -190,9 +205,9 @@ def make_train_step(apply_fn: ApplyFn, step_cfg: StepConfig,
             aux["sft_sum"] = s
             loss = loss + c.lambda_sft * s / jnp.maximum(sft_count, 1.0)
         if c.rl:
-            logits = forward(variables, rl_mb, jax.random.fold_in(rng, 1))
-            logp = losses.token_logprobs(logits, rl_mb["input_ids"], c.temperature)
-            ent = losses.token_entropy(jax.lax.stop_gradient(logits), c.temperature)
+            logp, ent = rl_logprobs(
+                lambda b, shared: forward(variables, b, jax.random.fold_in(rng, 1), shared),
+                rl_mb, c.temperature, c.prompt_groups)
             s, _, m = grpo.grpo_loss(
                 logp, rl_mb["completion_mask"], rl_mb["advantages"],
                 ref_logprobs=rl_mb.get("ref_logprobs") if c.beta != 0 else None,
@@ -278,19 +293,42 @@ def make_train_step(apply_fn: ApplyFn, step_cfg: StepConfig,
     return TrainStep(jitted, mesh)
 
 
-def make_logprob_fn(apply_fn: ApplyFn, temperature: float, mesh: Mesh, variables_shardings: Any
-                    ) -> Callable[[Any, Mapping[str, jax.Array]], jax.Array]:
+def rl_logprobs(logits_fn: Callable[[Mapping[str, jax.Array], Any], jax.Array],
+                batch: Mapping[str, jax.Array], temperature: float, groups: int = 0
+                ) -> tuple[jax.Array, jax.Array]:
+    """Per-token log-probs and entropies f32[B, S] of an RL batch at `temperature`, from
+    `logits_fn(batch, shared_prompt) -> logits`. With `target_positions` (the completion slots
+    P..S-1 of every row, rollout.grpo_batch) logits are computed there only: the prompt, about
+    half of each row, needs no vocabulary projection (the largest matmul of a small model) nor
+    its softmax; with `groups` > 1 rows of a prompt also share one pass over it."""
+    if "target_positions" not in batch:
+        logits = logits_fn(batch, None)
+        return (losses.token_logprobs(logits, batch["input_ids"], temperature),
+                losses.token_entropy(jax.lax.stop_gradient(logits), temperature))
+    where = batch["target_positions"]
+    if groups > 1:
+        logits = logits_fn(batch, (groups, batch["input_ids"].shape[1] - where.shape[1]))
+    else:
+        logits = logits_fn({**batch, "logit_positions": where - 1}, None)
+    return losses.completion_logprobs(logits, batch["input_ids"], where, temperature)
+
+
+def make_logprob_fn(apply_fn: ApplyFn, temperature: float, mesh: Mesh, variables_shardings: Any,
+                    groups: int = 0) -> Callable[[Any, Mapping[str, jax.Array]], jax.Array]:
     """Jitted `(variables, batch) -> f32[B, S]` per-token log-probs at `temperature`
     (deterministic forward), for the reference model (ref_logprobs) and the rollout policy
-    (old_logprobs). Entries outside the completion mask are meaningless; callers mask."""
+    (old_logprobs). Entries outside the completion mask are meaningless; callers mask.
+    `groups`: completions per prompt, as StepConfig.num_generations."""
 
     def fn(variables, batch):
-        inputs = model_inputs(batch)
-        logits = apply_fn(variables, inputs, jax.random.PRNGKey(0), True)
-        logits = shd.constrain(logits, ("batch", "length", "act_vocab"), mesh)
+        def logits_of(b, shared):
+            kw = {} if shared is None else {"shared_prompt": shared}
+            logits = apply_fn(variables, model_inputs(b), jax.random.PRNGKey(0), True, **kw)
+            return shd.constrain(logits, ("batch", "length", "act_vocab"), mesh)
+
         # Sharded like the batch's [B, S] arrays (replicated when B does not divide), so the
         # result joins the batch on device.
-        return shd.constrain(losses.token_logprobs(logits, inputs["input_ids"], temperature),
+        return shd.constrain(rl_logprobs(logits_of, batch, temperature, groups)[0],
                              ("batch", "length"), mesh)
 
     jitted = jax.jit(fn, in_shardings=(variables_shardings, None))
