@@ -141,6 +141,8 @@ def get_config() -> ConfigDict:
         # mcq (the paper's 4-option form) | open (taxonomy-distance reward; configs/open_rl.py)
         # | mixed (a stable per-question coin).
         task="mcq",
+        # 4-option questions per RL image, each with its own options and letters (mcq, mixed).
+        option_draws=1,
         init_from="sft",        # sft | base (the paper's "RL without SFT" ablation)
         init_sft_step=0,        # SFT checkpoint step RL starts from; 0 = the final one
         reward=ConfigDict(dict(

@@ -35,7 +35,7 @@ _CHOICES = {
 
 _POSITIVE_INTS = ("pretrain.batch_size", "pretrain.max_seq_len", "sft.batch_size", "sft.grad_accum",
                   "rl.batch_size", "rl.num_generations",
-                  "rl.max_new_tokens", "rl.mu", "eval.batch_size", "eval.max_new_tokens",
+                  "rl.max_new_tokens", "rl.mu", "rl.option_draws", "eval.batch_size", "eval.max_new_tokens",
                   "checkpoint.every_steps", "checkpoint.keep", "log.every_steps",
                   "data.max_seq_len", "generate.question_variants")
 _NON_NEGATIVE = ("pretrain.steps", "pretrain.learning_rate", "pretrain.questions_per_image", "sft.steps", "rl.steps",

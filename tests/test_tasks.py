@@ -245,3 +245,33 @@ def test_every_set_builds_on_the_default_taxonomy_subset() -> None:
     assert len(s.questions) + s.skipped == len(exs) and s.questions
     for q in s.questions:
         assert set(q.option_nodes) - {q.node} <= set(graph.neighbors(q.node))
+
+
+@pytest.mark.parametrize("task", ["mcq", "mixed"])
+def test_rl_questions_draw_options_per_image(tax: Taxonomy, split: list[dict], task: str) -> None:
+    from configs.default import get_config
+    from skinr1_jax.stages.rl import build_questions
+
+    config = get_config()
+    config.rl.task, config.rl.option_draws = task, 1
+    single = build_questions(config, split, tax)
+    config.rl.option_draws = 3
+    drawn = build_questions(config, split, tax)
+    n = len(split)
+    assert len(single) == n and len(drawn) == 3 * n
+    key = lambda q: (q.example_id, q.prompt, q.options, q.answer, tuple(q.scores))
+    assert [key(q) for q in drawn[:n]] == [key(q) for q in single]   # draw 0: the single draw
+    pool = tasks.path_pool(split)
+    changed = 0
+    for i, ex in enumerate(split):
+        mine = [drawn[d * n + i] for d in range(3)]
+        assert {q.example_id for q in mine} == {str(ex["id"])}
+        assert len({q.kind for q in mine}) == 1   # mixed: the image's form holds over draws
+        if mine[0].kind == "open":
+            continue
+        for q in mine:
+            check_mcq(q, ex, pool)
+        changed += len({(q.options, q.answer) for q in mine}) > 1
+    assert changed >= 0.8 * sum(q.kind != "open" for q in single)
+    if task == "mixed":
+        assert {q.kind for q in single} == {"mcq", "open"}

@@ -30,7 +30,6 @@ QUESTION_KINDS = (("mcq", 0.4), ("open", 0.3), ("hierarchical", 0.1), ("ddx", 0.
                   ("b_or_m", 0.1))
 # Questions whose options are taxonomy nodes (b_or_m's are malignancy classes in a fixed order).
 OPTION_CHECK_KINDS = ("mcq", "hierarchical", "ddx")
-_VARIANT_SEED_STRIDE = 1_000_003
 
 
 def final_field(question: tasks.Question, taxonomy: Taxonomy) -> str:
@@ -122,7 +121,7 @@ def build_sft_items(trajectories: Sequence[Mapping[str, Any]],
     # Variant v draws its options and letters with its own seed: one fixed draw per image
     # lets a small model memorise the image's options instead of reading them from the prompt
     # (measured: SFT then wrote options that were not in the prompt).
-    banks = [drawn(seed + _VARIANT_SEED_STRIDE * v) for v in range(variants)]
+    banks = [drawn(tasks.draw_seed(seed, v)) for v in range(variants)]
     kinds = [k for k, _ in QUESTION_KINDS]
     weights = [w for _, w in QUESTION_KINDS]
     items = []

@@ -66,6 +66,12 @@ def example_rng(seed: int, example_id: str, salt: str = "") -> np.random.Generat
     return np.random.default_rng(int.from_bytes(digest, "little"))
 
 
+def draw_seed(seed: int, draw: int) -> int:
+    """The seed of an example's `draw`-th question draw (its own options and letters); draw 0
+    is `seed` itself, so a single draw is the plain question."""
+    return int(seed) + 1_000_003 * int(draw)
+
+
 def malignancy_classes_of(examples: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
     """The paper's three classes, plus non-neoplastic when the examples contain such labels."""
     present = {ex["malignancy"] for ex in examples}

@@ -23,18 +23,25 @@ SAMPLE_LOG_EVERY = 10
 
 
 def build_questions(config: ConfigDict, examples: list[dict], taxonomy) -> list:
+    """The RL prompts: `rl.option_draws` 4-option questions per image (each draw its own options
+    and letters) for `mcq`; one open-ended question per image for `open`; for `mixed`, per image
+    a stable coin picks the form, repeated over the draws so that the mix stays even."""
     from skinr1_jax.data import tasks
 
     fmt = tasks.TaskFormat(think_tag=config.generate.think_tag, final_tag=config.generate.final_tag,
                            malignancy_classes=tasks.malignancy_classes_of(examples))
-    mcq = tasks.mcq_questions(examples, taxonomy, seed=config.seed, fmt=fmt)
-    if config.rl.task == "mcq":
-        return mcq
-    open_qs = tasks.open_set(examples, taxonomy, fmt=fmt).questions
     if config.rl.task == "open":
-        return list(open_qs)
+        return list(tasks.open_set(examples, taxonomy, fmt=fmt).questions)
+    # One fixed draw per image lets the policy learn an image's letter rather than read the
+    # options (the default's 160 x 16 prompts revisit each of its 576 images ~4 times); SFT's
+    # generate.question_variants re-draws for the same reason.
+    draws = [tasks.mcq_questions(examples, taxonomy, seed=tasks.draw_seed(config.seed, d), fmt=fmt)
+             for d in range(int(config.rl.option_draws))]
+    if config.rl.task == "mcq":
+        return [q for mcq in draws for q in mcq]
+    open_qs = tasks.open_set(examples, taxonomy, fmt=fmt).questions
     coin = [tasks.example_rng(config.seed, str(e["id"]), "rl_task").random() < 0.5 for e in examples]
-    return [o if c else m for m, o, c in zip(mcq, open_qs, coin)]
+    return [o if c else m for mcq in draws for m, o, c in zip(mcq, open_qs, coin)]
 
 
 class RolloutSource:
