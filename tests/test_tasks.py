@@ -221,6 +221,15 @@ def test_open_set(tax: Taxonomy, split: list[dict]) -> None:
         tasks.build_eval_set("nope", split, tax, seed=0)
 
 
+def test_option_check_applies_to_node_options_only(tax: Taxonomy, split: list[dict]) -> None:
+    # The SFT mix writes, and the evaluation reads, an option check exactly for these.
+    graph = FakeDDx({tax.id("nevus"): [tax.id("nodular melanoma")]})
+    first = {kind: tasks.build_eval_set(kind, split, tax, seed=0, ddx_graph=graph).questions[0]
+             for kind in ("indomain", "hierarchical", "ddx", "b_or_m", "open")}
+    assert {k for k, q in first.items() if tasks.options_are_nodes(q)} == {"indomain",
+                                                                           "hierarchical", "ddx"}
+
+
 def test_every_set_builds_on_the_default_taxonomy_subset() -> None:
     from skinr1_jax.data.synthetic.dataset import resolve_leaves
     from skinr1_jax.taxonomy import load_default_taxonomy

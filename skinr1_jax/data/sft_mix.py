@@ -28,8 +28,6 @@ from skinr1_jax.trajectories import split_response
 # Relative frequency of each question kind in the mixture.
 QUESTION_KINDS = (("mcq", 0.4), ("open", 0.3), ("hierarchical", 0.1), ("ddx", 0.1),
                   ("b_or_m", 0.1))
-# Questions whose options are taxonomy nodes (b_or_m's are malignancy classes in a fixed order).
-OPTION_CHECK_KINDS = ("mcq", "hierarchical", "ddx")
 
 
 def final_field(question: tasks.Question, taxonomy: Taxonomy) -> str:
@@ -141,7 +139,7 @@ def build_sft_items(trajectories: Sequence[Mapping[str, Any]],
             kind = kinds[int(rng.choice(len(kinds), p=weights))]
             question = bank[kind].get(example_id) or bank["mcq"][example_id]
             thinking = parts[0]
-            if generate_cfg.option_check and question.kind in OPTION_CHECK_KINDS:
+            if generate_cfg.option_check and tasks.options_are_nodes(question):
                 thinking += option_check(question, taxonomy)
             response = (f"<{think}>{thinking}</{think}>\n"
                         f"<{final}>{final_field(question, taxonomy)}</{final}>")

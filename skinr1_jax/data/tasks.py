@@ -66,6 +66,13 @@ def example_rng(seed: int, example_id: str, salt: str = "") -> np.random.Generat
     return np.random.default_rng(int.from_bytes(digest, "little"))
 
 
+def options_are_nodes(question: Question) -> bool:
+    """Whether a question's options are taxonomy nodes, which the option check places on the
+    diagnosis's path (the benign/malignant options are malignancy classes; open-ended
+    questions have none)."""
+    return bool(question.option_nodes) and UNKNOWN not in question.option_nodes
+
+
 def draw_seed(seed: int, draw: int) -> int:
     """The seed of an example's `draw`-th question draw (its own options and letters); draw 0
     is `seed` itself, so a single draw is the plain question."""

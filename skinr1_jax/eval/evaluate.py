@@ -111,7 +111,8 @@ class Evaluator:
                 results[key] = acc
                 results["details"][key] = {"n": len(questions), "format_rate": fmt,
                                            "ci95": metrics.wilson_interval(acc, len(questions))}
-                if self.config.generate.option_check and OPTION_SETS[name][1] != "b_or_m":
+                if (self.config.generate.option_check
+                        and all(tasks.options_are_nodes(q) for q in questions)):
                     results["details"][key]["option_check"] = option_check_rates(
                         questions, preds, texts, self.taxonomy)
             else:
