@@ -300,12 +300,14 @@ class Sampler:
                        max_new_tokens=int(max_new_tokens), greedy=temperature == 0,
                        filtered=top_k > 0 or top_p < 1.0, pad_id=self.pad_id,
                        cache_dtype=self.cache_dtype, suppress_ids=self.suppress_ids)
-        scalars = (rng, jnp.float32(max(temperature, 1e-6)), jnp.int32(top_k), jnp.float32(top_p),
-                   jnp.asarray(self.eos))
+        # Host (numpy) values go to the jitted program as they are: its C++ dispatch transfers
+        # them, where jnp.asarray / jnp.float32 each dispatch an op of their own from Python
+        # (~1.3 ms of a 16 ms batch-8 decode call).
+        scalars = (rng, np.float32(max(temperature, 1e-6)), np.int32(top_k), np.float32(top_p),
+                   self.eos)
         if self.mesh is None:
-            outs = _generate(variables, *(jnp.asarray(arrays[k]) for k in
-                                          ("input_ids", "attention_mask", "position_ids")),
-                             None if "pixel_values" not in arrays else jnp.asarray(arrays["pixel_values"]),
+            outs = _generate(variables, arrays["input_ids"], arrays["attention_mask"],
+                             arrays["position_ids"], arrays.get("pixel_values"),
                              *scalars, grid_thw=grid or None, **statics)
             tokens, logprobs, lengths = (np.asarray(x) for x in outs)
         else:
