@@ -32,9 +32,10 @@ def build_questions(config: ConfigDict, examples: list[dict], taxonomy) -> list:
                            malignancy_classes=tasks.malignancy_classes_of(examples))
     if config.rl.task == "open":
         return list(tasks.open_set(examples, taxonomy, fmt=fmt).questions)
-    # One fixed draw per image lets the policy learn an image's letter rather than read the
-    # options (the default's 160 x 16 prompts revisit each of its 576 images ~4 times); SFT's
-    # generate.question_variants re-draws for the same reason.
+    # With one draw the default's 160 x 16 prompts revisit each of its 576 images' one question
+    # ~4 times, so the policy could learn an image's letter instead of reading the options;
+    # more draws rule that out (as SFT's generate.question_variants). On seed 42, 4 draws did
+    # not help (README "Results on the embedded default"), so the default keeps 1.
     draws = [tasks.mcq_questions(examples, taxonomy, seed=tasks.draw_seed(config.seed, d), fmt=fmt)
              for d in range(int(config.rl.option_draws))]
     if config.rl.task == "mcq":
