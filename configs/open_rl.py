@@ -1,4 +1,4 @@
-"""The embedded default before the letter-answering base (until 2026-12-04): RL on the open-ended
+"""The embedded default before the letter-answering base (until 2026-12-07): RL on the open-ended
 form with the taxonomy-distance reward, from a vision-only base.
 
     python -m launch --config configs/open_rl.py
