@@ -32,18 +32,25 @@ def token_entropy(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
     return jnp.pad(ent[:, :-1], ((0, 0), (1, 0)))
 
 
+def _logprobs_at(logits: jax.Array, input_ids: jax.Array, positions: jax.Array, caller: str
+                 ) -> jax.Array:
+    """log p(input_ids[b, positions[b, k]]) f32[B, K] from `logits` f32[B, K, V] (already
+    scaled) computed only at `positions - 1`."""
+    if logits.shape[:2] != positions.shape or positions.shape[0] != input_ids.shape[0]:
+        raise ValueError(f"{caller}: logits {logits.shape}, positions {positions.shape}, "
+                         f"input_ids {input_ids.shape} disagree")
+    targets = jnp.take_along_axis(input_ids, positions, axis=1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
 def completion_logprobs(logits: jax.Array, input_ids: jax.Array, positions: jax.Array,
                         temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
     """`token_logprobs` and `token_entropy` when `logits` f32[B, K, V] were computed only at
     `positions - 1`, for positions i32[B, K] (each >= 1, distinct within a row): both f32[B, S],
     0 outside the positions. The entropy is of the stopped-gradient logits (a metric)."""
-    if logits.shape[:2] != positions.shape or positions.shape[0] != input_ids.shape[0]:
-        raise ValueError(f"completion_logprobs: logits {logits.shape}, positions "
-                         f"{positions.shape}, input_ids {input_ids.shape} disagree")
     logits = logits.astype(jnp.float32) / temperature
-    targets = jnp.take_along_axis(input_ids, positions, axis=1)
-    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    logp = picked - jax.nn.logsumexp(logits, axis=-1)
+    logp = _logprobs_at(logits, input_ids, positions, "completion_logprobs")
     logq = jax.nn.log_softmax(jax.lax.stop_gradient(logits), axis=-1)
     ent = -jnp.sum(jnp.exp(logq) * logq, axis=-1)
     rows = jnp.arange(positions.shape[0])[:, None]
@@ -66,12 +73,6 @@ def sft_loss_at(logits: jax.Array, input_ids: jax.Array, positions: jax.Array
                 ) -> tuple[jax.Array, jax.Array]:
     """sft_loss when `logits` f32[B, K, V] were computed only at `positions - 1`, for the target
     positions i32[B, K] of `data.pipeline.target_positions` (0 pads: never a target)."""
-    if logits.shape[:2] != positions.shape or positions.shape[0] != input_ids.shape[0]:
-        raise ValueError(f"sft_loss_at: logits {logits.shape}, positions {positions.shape}, "
-                         f"input_ids {input_ids.shape} disagree")
-    logits = logits.astype(jnp.float32)
-    targets = jnp.take_along_axis(input_ids, positions, axis=1)
-    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    nll = -_logprobs_at(logits.astype(jnp.float32), input_ids, positions, "sft_loss_at")
     mask = (positions > 0).astype(jnp.float32)
-    nll = jax.nn.logsumexp(logits, axis=-1) - picked
     return jnp.sum(nll * mask), jnp.sum(mask)
