@@ -152,6 +152,9 @@ def get_config() -> ConfigDict:
             malignancy_weight=0.25,
             distance_mode="distance",  # distance | shared_depth (open-ended form)
             distance_decay=0.5,
+            # Lookup reward (not the paper's): weight x (half the share of option lines copied
+            # exactly, half whether the letter follows the written path); eval/option_check.py.
+            check_weight=0.0,
         )),
     ))
 

@@ -177,6 +177,8 @@ def grpo_batch(prompts: Mapping[str, Any], tokens: np.ndarray, logprobs: np.ndar
                "malignancy_pred": parsed["malignancy_pred"],
                "option_scores": rep(prompts["option_scores"]).astype(np.float32),
                "malignancy_true": rep(prompts["malignancy_true"]).astype(np.int32)}
+    if "check_score" in parsed:
+        rewards["check_score"] = np.asarray(parsed["check_score"], np.float32)
     if open_ended:
         rewards.update(node_pred=parsed["node_pred"],
                        node_true=rep(prompts["node_true"]).astype(np.int32),

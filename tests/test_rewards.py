@@ -173,3 +173,18 @@ def test_missing_inputs_and_bad_variant_are_clear_errors():
         rewards.compute_rewards(b, rewards.RewardSpec())
     with pytest.raises(ValueError, match="variant"):
         rewards.RewardSpec(variant="deep")
+
+
+def test_check_component_adds_the_weighted_lookup_score():
+    b = {k: jnp.asarray(v) for k, v in make_batch().items()}
+    base, comps = rewards.compute_rewards(b, rewards.RewardSpec())
+    assert "check" not in comps
+    score = np.array([1.0, 0.5, 0.0, 0.75, 0.25, 1.0], np.float32)
+    spec = rewards.RewardSpec(check_weight=0.5)
+    total, comps = rewards.compute_rewards({**b, "check_score": jnp.asarray(score)}, spec)
+    np.testing.assert_allclose(np.asarray(total), np.asarray(base) + 0.5 * score, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(comps["check"]), 0.5 * score, rtol=1e-6)
+    with pytest.raises(KeyError, match="check_score"):
+        rewards.compute_rewards(b, spec)
+    with pytest.raises(ValueError, match="check_weight"):
+        rewards.RewardSpec(check_weight=-1.0)

@@ -38,7 +38,7 @@ def test_each_rollout_batch_serves_mu_updates():
 def test_mu_2_runs_in_the_rl_stage_against_the_sampled_logprobs(tmp_path):
     workdir = tmp_path / "wd"
     overrides = [f"--config.workdir={workdir}", "--config.rl.init_from=base", "--config.rl.mu=2",
-                 "--config.rl.steps=4"]
+                 "--config.rl.steps=4", "--config.rl.reward.check_weight=0.5"]
     cmd = [sys.executable, "-m", "launch", "--config", "configs/ci.py", "--stages=generate,rl",
            *overrides]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1500)
@@ -51,6 +51,7 @@ def test_mu_2_runs_in_the_rl_stage_against_the_sampled_logprobs(tmp_path):
         for k in ("reward/total", "format_rate", "mean_length", "completion_len"):
             assert first[k] == second[k], k
     assert rows[0]["kl"] == 0.0 and rows[1]["kl"] > 0.0      # the policy moved within the cycle
+    assert all(0.0 <= r["reward/check"] <= 0.5 for r in rows)  # the lookup reward's component
     assert (workdir / "models" / "sft_rl" / "params").is_dir()
 
     # The old_logprobs of a rollout batch are the sampling policy's log-probs of its tokens,
@@ -84,3 +85,23 @@ def test_mu_2_runs_in_the_rl_stage_against_the_sampled_logprobs(tmp_path):
     np.testing.assert_allclose(np.asarray(batch["old_logprobs"])[mask], forward[mask], rtol=1e-6)
     assert source.parser.malignancy_classes == ("benign", "malignant", "precancerous_in_situ",
                                                 "non_neoplastic")
+
+    # The lookup reward's input: each completion's option check scored against the options of
+    # the question its prompt row asks (several draws of options per image here).
+    from skinr1_jax.data.sft_mix import option_check
+
+    config.rl.reward.check_weight, config.rl.option_draws = 0.5, 2
+    source = rl.RolloutSource(config, workdir, model_cfg=model_cfg, tokenizer=tokenizer, enc=enc,
+                              mesh=mesh, ref_variables=None, logprob_fn=None)
+    prompts = next(source.iterator)
+    g = int(config.rl.num_generations)
+    asked = [source.questions[int(i)] for i in prompts["question_index"]]
+    assert [q.example_id for q in asked] == list(prompts["example_ids"])
+    texts = [f"<thinking>x.{option_check(q, source.taxonomy)}</thinking>"
+             f"<final diagnosis>{'ABCD'[(q.answer + j) % 4]}: y</final diagnosis>"
+             for q in asked for j in range(g)]
+    rows = len(texts)
+    host = source._host_batch(prompts, np.zeros((rows, 4), np.int32),
+                              np.zeros((rows, 4), np.float32), np.ones(rows, np.int32), texts)
+    # Every line copied; only the first completion of each group answers what its check says.
+    np.testing.assert_allclose(host["check_score"], np.tile([1.0] + [0.5] * (g - 1), rows // g))

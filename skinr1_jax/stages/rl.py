@@ -68,7 +68,9 @@ class RolloutSource:
         sparse = common.dataset_splits(config, workdir)["sparse_train"]
         images = {str(e["id"]): e["image"] for e in sparse}
         self.questions = build_questions(config, sparse, self.taxonomy)
-        encoded = [enc.question(q, images[q.example_id]) for q in self.questions]
+        # question_index: which question a prompt row asks (the lookup reward reads its options).
+        encoded = [{**enc.question(q, images[q.example_id]), "question_index": np.int32(i)}
+                   for i, q in enumerate(self.questions)]
         self.prompt_len = max(len(e["input_ids"]) for e in encoded)
         shard, shards = data_shard()
         self.iterator = BatchIterator(
@@ -147,11 +149,17 @@ class RolloutSource:
     def _host_batch(self, prompts: Mapping[str, Any], tokens: np.ndarray, logprobs: np.ndarray,
                     lengths: np.ndarray, texts: list[str]) -> dict:
         from skinr1_jax.eval.evaluate import answer_node
+        from skinr1_jax.eval.option_check import check_scores
         from skinr1_jax.rollout import grpo_batch
 
         is_open = self.config.rl.task != "mcq"
         resolver = (lambda final: answer_node(final, self.taxonomy)) if is_open else None
-        return grpo_batch(prompts, tokens, logprobs, lengths, self.parser(texts, resolver),
+        parsed = self.parser(texts, resolver)
+        if float(self.config.rl.reward.get("check_weight", 0.0)):
+            g = int(self.config.rl.num_generations)
+            asked = [self.questions[int(i)] for i in np.repeat(prompts["question_index"], g)]
+            parsed["check_score"] = check_scores(asked, parsed["option"], texts)
+        return grpo_batch(prompts, tokens, logprobs, lengths, parsed,
                           num_generations=int(self.config.rl.num_generations),
                           first_group=self.first_group, open_ended=is_open).arrays()
 

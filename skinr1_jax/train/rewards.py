@@ -181,8 +181,13 @@ class RewardSpec:
     format_weight: float = 1.0
     option_weight: float = 1.0
     malignancy_weight: float = 0.25
+    # Lookup reward (not the paper's): check_weight x the option check's score
+    # (eval.option_check.check_scores), for 4-option questions answered through a written check.
+    check_weight: float = 0.0
 
     def __post_init__(self):
+        if self.check_weight < 0:
+            raise ValueError(f"rl.reward.check_weight={self.check_weight}: must be >= 0")
         if self.variant not in ("hierarchical", "flat"):
             raise ValueError(f"rl.reward.variant={self.variant!r}: expected 'hierarchical' "
                              "or 'flat'")
@@ -192,11 +197,13 @@ class RewardSpec:
         return cls(variant=reward_cfg["variant"],
                    format_weight=float(reward_cfg["format_weight"]),
                    option_weight=float(reward_cfg["option_weight"]),
-                   malignancy_weight=float(reward_cfg["malignancy_weight"]))
+                   malignancy_weight=float(reward_cfg["malignancy_weight"]),
+                   check_weight=float(reward_cfg.get("check_weight", 0.0)))
 
 
 REWARD_KEYS = ("format_ok", "option", "option_scores", "malignancy_pred", "malignancy_true")
 OPEN_KEYS = ("node_pred", "node_true", "is_open")
+CHECK_KEYS = ("check_score",)
 
 
 def compute_rewards(batch: Mapping[str, jax.Array], spec: RewardSpec,
@@ -206,7 +213,8 @@ def compute_rewards(batch: Mapping[str, jax.Array], spec: RewardSpec,
     batch: format_ok i32[B], option i32[B] (-1 none), option_scores f32[B, K],
     malignancy_pred i32[B], malignancy_true i32[B] (-1 unknown: no credit); with `credit`
     ([N, N]) also node_pred i32[B] (UNKNOWN -1), node_true i32[B] and is_open i32[B] (1 =
-    open-ended question: its answer term is the taxonomy credit instead of the option score).
+    open-ended question: its answer term is the taxonomy credit instead of the option score);
+    with spec.check_weight > 0 also check_score f32[B] (a "check" component).
     """
     missing = [k for k in REWARD_KEYS if k not in batch]
     if missing:
@@ -238,5 +246,9 @@ def compute_rewards(batch: Mapping[str, jax.Array], spec: RewardSpec,
         "answer": spec.option_weight * answer,
         "malignancy": spec.malignancy_weight * mal_ok.astype(jnp.float32),
     }
-    total = components["format"] + components["answer"] + components["malignancy"]
+    if spec.check_weight:
+        if "check_score" not in batch:
+            raise KeyError("rl.reward.check_weight > 0 but the rollout batch lacks check_score")
+        components["check"] = spec.check_weight * batch["check_score"].astype(jnp.float32)
+    total = sum(components.values())
     return total, components

@@ -39,7 +39,7 @@ ApplyFn = Callable[[Any, Mapping[str, jax.Array], jax.Array, bool], jax.Array]
 NON_MODEL_KEYS = frozenset({
     "loss_mask", "target_positions", "completion_mask", "group_ids", "ref_logprobs",
     "old_logprobs", "advantages",
-    *rewards.REWARD_KEYS, *rewards.OPEN_KEYS})
+    *rewards.REWARD_KEYS, *rewards.OPEN_KEYS, *rewards.CHECK_KEYS})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +175,7 @@ def make_train_step(apply_fn: ApplyFn, step_cfg: StepConfig,
         needed += ["ref_logprobs"] if c.beta != 0 else []
         needed += ["old_logprobs"] if c.mu > 1 else []
         needed += list(rewards.OPEN_KEYS) if credit is not None else []
+        needed += list(rewards.CHECK_KEYS) if c.reward.check_weight else []
         missing = [k for k in needed if k not in rl_example]
         if missing:
             raise KeyError(f"rl batch lacks {missing} (beta={c.beta}, mu={c.mu})")
