@@ -115,11 +115,12 @@ CAUSAL_BLOCK = 128
 
 
 def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray | None,
-              scale: float, causal: bool = False) -> jnp.ndarray:
+              scale: float, causal: bool = False, keys_last: bool = False) -> jnp.ndarray:
     """Grouped-query softmax attention with fp32 softmax.
 
-    q [B, S, H, D]; k, v [B, KV, T, D] (heads-major, H a multiple of KV); mask bool [B, S, T]
-    (or broadcastable to it), or None (every key visible). Returns [B, S, H, D].
+    q [B, S, H, D]; k, v [B, KV, T, D] (heads-major, H a multiple of KV), or with `keys_last`
+    k [B, KV, D, T] (the KV cache's layout); mask bool [B, S, T] (or broadcastable to it), or
+    None (every key visible). Returns [B, S, H, D].
 
     `causal=True` promises that query i sees no key after i (S == T, the mask holds the
     causal part): queries are then taken CAUSAL_BLOCK rows at a time against only the keys up
@@ -128,9 +129,11 @@ def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray 
     exp(-1e30 - max) = 0 exactly, so every row with a visible key gets the same softmax; only
     fully masked (padding) query rows, whose output nothing reads, average fewer values.
     """
-    s, t = q.shape[1], k.shape[2]
+    s, t = q.shape[1], v.shape[2]
     if not causal or s <= CAUSAL_BLOCK:
-        return _attention(q, k, v, mask, scale)
+        return _attention(q, k, v, mask, scale, keys_last)
+    if keys_last:
+        raise ValueError("causal (blocked) attention takes k as [B, KV, T, D]")
     if s != t:
         raise ValueError(f"causal attention needs as many keys as queries, got {s} and {t}")
     if mask is not None:
@@ -144,20 +147,21 @@ def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray 
 
 
 def _attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray | None,
-               scale: float) -> jnp.ndarray:
+               scale: float, keys_last: bool = False) -> jnp.ndarray:
     """`attention` over all T keys at once.
 
     The G = H / KV query heads of a group are stacked along the query axis, so both products
-    are plain batched matmuls over (B, KV) with no transposes of k / v (the KV cache is stored
-    in this layout). Normalising after the PV product divides [.., S, D] instead of [.., S, T].
+    are batched matmuls over (B, KV) with no transposes of the cache's k / v. Normalising after
+    the PV product divides [.., S, D] instead of [.., S, T].
     """
     b, s, h, d = q.shape
-    kv = k.shape[1]
+    kv, t = v.shape[1], v.shape[2]
     g = h // kv
     qg = q.reshape(b, s, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * s, d)
-    logits = jnp.einsum("bkqd,bktd->bkqt", qg, k).astype(jnp.float32) * scale
+    qk = "bkqd,bkdt->bkqt" if keys_last else "bkqd,bktd->bkqt"
+    logits = jnp.einsum(qk, qg, k).astype(jnp.float32) * scale
     if mask is not None:
-        mask = jnp.broadcast_to(mask, (mask.shape[0], s, k.shape[2]))
+        mask = jnp.broadcast_to(mask, (mask.shape[0], s, t))
         mask = jnp.tile(mask, (1, g, 1))[:, None]
         logits = jnp.where(mask, logits, NEG_INF)
     probs = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))

@@ -28,7 +28,8 @@ import numpy as np
 
 from skinr1_jax.model.config import ModelConfig
 from skinr1_jax.model.rope import GridTHW
-from skinr1_jax.model.vlm import CACHE_AXES, forward, init_cache
+from skinr1_jax.model.vlm import (forward, init_cache, map_cache, pad_cache,
+                                  repeat_cache_rows)
 
 _TRACES = [0]
 MAX_EOS_IDS = 8
@@ -109,8 +110,8 @@ def choose_tokens(rng: jax.Array, logits: jnp.ndarray, temperature: jnp.ndarray 
     return ids.astype(jnp.int32), chosen
 
 
-def _repeat_rows(x: jnp.ndarray, n: int, axis: int = 0) -> jnp.ndarray:
-    return x if n == 1 else jnp.repeat(x, n, axis=axis)
+def _repeat_rows(x: jnp.ndarray, n: int) -> jnp.ndarray:
+    return x if n == 1 else jnp.repeat(x, n, axis=0)
 
 
 def _constrain(tree: Any, names: tuple[str | None, ...]) -> Any:
@@ -118,6 +119,12 @@ def _constrain(tree: Any, names: tuple[str | None, ...]) -> Any:
     from skinr1_jax.train.sharding import constrain
 
     return jax.tree.map(lambda x: constrain(x, names), tree)
+
+
+def _constrain_cache(cache: Any) -> Any:
+    from skinr1_jax.train.sharding import constrain
+
+    return map_cache(constrain, cache)
 
 
 @partial(jax.jit, static_argnames=("cfg", "grid_thw", "num_samples", "max_new_tokens", "greedy",
@@ -140,11 +147,10 @@ def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarra
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
     if pixel_values is not None:
         batch["pixel_values"] = pixel_values
-    cache = _constrain(init_cache(cfg, b, s, cache_dtype), CACHE_AXES)
+    cache = _constrain_cache(init_cache(cfg, b, s, cache_dtype))
     logits, cache = forward(cfg, variables, batch, grid_thw=grid_thw, cache=cache, cache_index=0,
                             last_logits_only=True)
-    batch_axis = CACHE_AXES.index("batch")
-    cache = _constrain(jax.tree.map(lambda x: _repeat_rows(x, n, batch_axis), cache), CACHE_AXES)
+    cache = _constrain_cache(repeat_cache_rows(cache, n))
     last = _repeat_rows(logits[:, -1], n)  # left padding: the last position is always real
     slot_mask = _repeat_rows(slot_mask, n)
     # The next text position follows the largest prompt position (transformers' rope_deltas
@@ -176,7 +182,7 @@ def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarra
         pos = jnp.broadcast_to((next_pos + i - 1)[None, :, None], (3, rows, 1))
         step_batch = {"input_ids": prev, "attention_mask": slot_mask[:, :limit], "position_ids": pos}
         logits, cache = forward(cfg, variables, step_batch, cache=cache, cache_index=slot)
-        cache = _constrain(cache, CACHE_AXES)
+        cache = _constrain_cache(cache)
         tok, lp = choose(jax.random.fold_in(rng, i), logits[:, -1])
         tok = jnp.where(done, pad_id, tok)
         lp = jnp.where(done, 0.0, lp)
@@ -190,12 +196,9 @@ def _generate(variables: Any, input_ids: jnp.ndarray, attention_mask: jnp.ndarra
     # One loop per cache-length bucket, its cache `limit` slots long (zero-padded once on
     # entry), so a step attends to its bucket's slots rather than all `total`. (Slicing a
     # full-length cache inside the loop instead makes XLA copy the whole cache every step.)
-    cache_axis = CACHE_AXES.index("cache_len")
     for limit in cache_buckets(s + 1, total):
         *rest, cache = state
-        grow = [(0, 0)] * 4
-        grow[cache_axis] = (0, limit - cache["k"][0].shape[cache_axis])
-        state = (*rest, _constrain(jax.tree.map(lambda x: jnp.pad(x, grow), cache), CACHE_AXES))
+        state = (*rest, _constrain_cache(pad_cache(cache, limit)))
         state = jax.lax.while_loop(partial(cond, limit=limit), partial(body, limit=limit), state)
     _, tokens, logprobs, _, lengths, _ = state
     # Outputs follow the prompts: sharded over the batch axes, or replicated (rows_axis None)

@@ -1,6 +1,7 @@
 """The Qwen2 language model of Qwen2.5-VL: grouped-query attention with q/k/v biases and
 multimodal rotary embeddings, SwiGLU MLP, RMSNorm, and an optional preallocated KV cache
-(k/v: one [B, kv_heads, T, head_dim] array per layer, written at `cache_index`).
+(per layer one k [B, kv_heads, head_dim, T] and one v [B, kv_heads, T, head_dim] array,
+written at slot `cache_index`; vlm.CACHE_AXES).
 """
 
 from __future__ import annotations
@@ -42,18 +43,21 @@ class SelfAttention(nn.Module):
         # Heads-major [B, KV, S, D], the cache's layout and what attention multiplies.
         k = apply_rotary(k.reshape(b, s, nkv, hd), cos, sin).transpose(0, 2, 1, 3)
         v = v.reshape(b, s, nkv, hd).transpose(0, 2, 1, 3)
+        keys_last = cache is not None
         if cache is not None:
             # One array per layer: attention reads the updated buffer in place, where a slice
-            # of a [layers, ...] array would be copied every decode step.
-            i, at = self.index, (0, 0, cache_index, 0)
-            new = {"k": k, "v": v}
+            # of a [layers, ...] array would be copied every decode step. K is stored slots-last.
+            i = self.index
+            new = {"k": (k.transpose(0, 1, 3, 2), (0, 0, 0, cache_index)),
+                   "v": (v, (0, 0, cache_index, 0))}
             cache = {name: (*layers[:i], jax.lax.dynamic_update_slice(
-                layers[i], new[name].astype(layers[i].dtype), at), *layers[i + 1:])
+                layers[i], new[name][0].astype(layers[i].dtype), new[name][1]), *layers[i + 1:])
                 for name, layers in cache.items()}
             k = cache["k"][i].astype(q.dtype)
             v = cache["v"][i].astype(q.dtype)
         # Without a cache the mask is causal over the S tokens themselves: blocked attention.
-        out = attention(q, k, v, mask, hd ** -0.5, causal=cache is None).reshape(b, s, nh * hd)
+        out = attention(q, k, v, mask, hd ** -0.5, causal=cache is None,
+                        keys_last=keys_last).reshape(b, s, nh * hd)
         out = Linear(t.hidden_size, ("heads", "embed"), f"{prefix}.o_proj", use_bias=False,
                      name="o_proj", **kw)(out)
         return out, cache
