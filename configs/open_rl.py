@@ -22,6 +22,7 @@ def get_config() -> ConfigDict:
     c.data.max_seq_len = 320
     c.data.max_target_tokens = 224
     c.generate.option_check = False
+    c.rl.reward.check_weight = 0.0      # it scores the option check (the paper's reward)
     c.generate.question_variants = 1
     c.pretrain.steps = 1500
     c.pretrain.max_seq_len = 96

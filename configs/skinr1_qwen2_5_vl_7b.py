@@ -44,6 +44,7 @@ def get_config() -> ConfigDict:
     c.generate.max_per_type = 1000
     c.generate.question_share = 0.0
     c.generate.option_check = False     # the tiny default's letter-answering aids
+    c.rl.reward.check_weight = 0.0      # it scores the option check (the paper's reward)
     c.generate.question_variants = 1
     # Effective batch 16 as the paper (1 x 16 accumulation on one GPU); here 16 rows per step
     # in 2 micro-batches of 8, so each micro-batch still spans the 8 data-parallel devices.

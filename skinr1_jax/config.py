@@ -41,7 +41,8 @@ _POSITIVE_INTS = ("pretrain.batch_size", "pretrain.max_seq_len", "sft.batch_size
 _NON_NEGATIVE = ("pretrain.steps", "pretrain.learning_rate", "pretrain.questions_per_image", "sft.steps", "rl.steps",
                  "sft.learning_rate", "rl.learning_rate", "rl.beta",
                  "rl.lambda_sft", "rl.lambda_rl", "rl.temperature", "model.lora.rank",
-                 "model.lora.dropout", "eval.max_examples", "data.max_target_tokens")
+                 "model.lora.dropout", "eval.max_examples", "data.max_target_tokens",
+                 "rl.reward.check_weight")
 
 
 def get(config: ConfigDict, dotted: str) -> Any:
@@ -88,6 +89,10 @@ def validate(config: ConfigDict) -> ConfigDict:
         # saved), so the resumed run would sample afresh and differ from an uninterrupted one.
         raise ConfigError(f"config key 'checkpoint.every_steps' = {every} must be a multiple of "
                           f"rl.mu = {mu}, so that checkpoints fall between rollout cycles")
+    if get(config, "rl.reward.check_weight") > 0 and not get(config, "generate.option_check"):
+        # The lookup reward scores the option check SFT teaches; without one it is always 0.
+        raise ConfigError("config key 'rl.reward.check_weight' > 0 needs generate.option_check "
+                          "(set check_weight to 0 or option_check to True)")
     if get(config, "model.name") == "hf" and not get(config, "model.hf_dir"):
         raise ConfigError("config key 'model.hf_dir' is required when model.name = 'hf'")
     for model in get(config, "eval.models"):

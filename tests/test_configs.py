@@ -29,3 +29,18 @@ def test_config_file_validates_with_the_default_schema(name):
     assert all(k.startswith("ablation.") for k in extra), extra
     assert _keys(default.get_config()) <= _keys(config)
 
+
+
+def test_lookup_reward_needs_the_option_check_it_scores():
+    from skinr1_jax.config import ConfigError
+
+    config = default.get_config()
+    assert config.rl.reward.check_weight > 0 and config.generate.option_check
+    config.generate.option_check = False
+    with pytest.raises(ConfigError, match="rl.reward.check_weight"):
+        validate(config)
+    config.rl.reward.check_weight = 0.0
+    validate(config)
+    config.rl.reward.check_weight = -0.5
+    with pytest.raises(ConfigError, match="rl.reward.check_weight"):
+        validate(config)

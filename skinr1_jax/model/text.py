@@ -40,7 +40,7 @@ class SelfAttention(nn.Module):
         k = Linear(nkv * hd, ("embed", "kv_heads"), f"{prefix}.k_proj", name="k_proj", **kw)(x)
         v = Linear(nkv * hd, ("embed", "kv_heads"), f"{prefix}.v_proj", name="v_proj", **kw)(x)
         q = apply_rotary(q.reshape(b, s, nh, hd), cos, sin)
-        # Heads-major [B, KV, S, D], the cache's layout and what attention multiplies.
+        # Heads-major [B, KV, S, D]: what attention multiplies (the cache keeps k transposed).
         k = apply_rotary(k.reshape(b, s, nkv, hd), cos, sin).transpose(0, 2, 1, 3)
         v = v.reshape(b, s, nkv, hd).transpose(0, 2, 1, 3)
         keys_last = cache is not None
