@@ -35,7 +35,9 @@ def test_lookup_reward_needs_the_option_check_it_scores():
     from skinr1_jax.config import ConfigError
 
     config = default.get_config()
-    assert config.rl.reward.check_weight > 0 and config.generate.option_check
+    config.rl.reward.check_weight = 0.5
+    assert config.generate.option_check
+    validate(config)
     config.generate.option_check = False
     with pytest.raises(ConfigError, match="rl.reward.check_weight"):
         validate(config)
