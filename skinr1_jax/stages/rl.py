@@ -155,7 +155,7 @@ class RolloutSource:
         is_open = self.config.rl.task != "mcq"
         resolver = (lambda final: answer_node(final, self.taxonomy)) if is_open else None
         parsed = self.parser(texts, resolver)
-        if float(self.config.rl.reward.get("check_weight", 0.0)):
+        if float(self.config.rl.reward.check_weight):
             g = int(self.config.rl.num_generations)
             asked = [self.questions[int(i)] for i in np.repeat(prompts["question_index"], g)]
             parsed["check_score"] = check_scores(asked, parsed["option"], texts)

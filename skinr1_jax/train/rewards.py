@@ -198,7 +198,7 @@ class RewardSpec:
                    format_weight=float(reward_cfg["format_weight"]),
                    option_weight=float(reward_cfg["option_weight"]),
                    malignancy_weight=float(reward_cfg["malignancy_weight"]),
-                   check_weight=float(reward_cfg.get("check_weight", 0.0)))
+                   check_weight=float(reward_cfg["check_weight"]))
 
 
 REWARD_KEYS = ("format_ok", "option", "option_scores", "malignancy_pred", "malignancy_true")
