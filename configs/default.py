@@ -80,6 +80,9 @@ def get_config() -> ConfigDict:
         # Twins per trajectory, each with its own draw of options and letters, so the options
         # must be read from the prompt rather than remembered per image (>1: more SFT items).
         question_variants=4,
+        # Thinking of the option-checked twins: full (the trajectory's) | findings (its first
+        # sentence, then "The findings fit <diagnosis>.").
+        option_thinking="full",
         llm=ConfigDict(dict(enabled=False, url="", model="", api_key_env="OPENAI_API_KEY",
                             temperature=0.2, max_tokens=120, timeout_s=30.0)),
     ))

@@ -27,6 +27,7 @@ _CHOICES = {
     "data.on_bad_image": ("fail", "skip"),
     "rl.loss_agg": ("seq_mean", "token_mean"),
     "rl.task": ("mcq", "open", "mixed"),
+    "generate.option_thinking": ("full", "findings"),
     "rl.init_from": ("sft", "base"),
     "pretrain.keep": ("vision", "all"),
     "rl.reward.variant": ("hierarchical", "flat"),

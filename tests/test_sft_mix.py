@@ -135,3 +135,26 @@ def test_variants_redraw_options_and_letters_per_twin(setup):
     cfg.generate.question_variants = 0
     with pytest.raises(ValueError, match="question_variants"):
         build_sft_items(trajectories, dense, taxonomy, kb.ddx_graph(), cfg.generate, 1.0, 0)
+
+
+def test_findings_thinking_keeps_the_first_sentence_before_the_check(setup):
+    cfg, taxonomy, kb, dense, trajectories = setup
+    cfg = ConfigDict(cfg.to_dict())
+    cfg.generate.option_check, cfg.generate.option_thinking = True, "findings"
+    items = build_sft_items(trajectories, dense, taxonomy, kb.ddx_graph(), cfg.generate, 1.0, 0)
+    by_id = {e["id"]: e for e in dense}
+    first = {t["response"].split("<thinking>")[1].split(". ")[0] + "." for t in trajectories}
+    checked = [i for i in items if " Options:\n" in i["response"]]
+    assert checked
+    for item in checked:
+        thinking = item["response"].split("<thinking>")[1].split("</thinking>")[0]
+        head, rest = thinking.split(" The findings fit ", 1)
+        assert head in first
+        assert rest.startswith(taxonomy.name(by_id[item["example_id"]]["node"]) + ". Its path: ")
+    # Open-ended twins keep the whole trajectory's thinking.
+    full = {t["response"].split("</thinking>")[0] for t in trajectories}
+    assert all(i["response"].split("</thinking>")[0] in full
+               for i in items if i["kind"] == "question_open")
+    with pytest.raises(ValueError, match="first sentence"):
+        from skinr1_jax.data.sft_mix import findings_thinking
+        findings_thinking("no full stop here", "psoriasis")

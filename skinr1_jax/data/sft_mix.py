@@ -60,6 +60,19 @@ def option_check(question: tasks.Question, taxonomy: Taxonomy) -> str:
             f"\nMost specific on its path: {prompts.LETTERS[question.answer]}.")
 
 
+_FIRST_SENTENCE = re.compile(r"(.+?\.)(?:\s|$)")
+
+
+def findings_thinking(thinking: str, diagnosis: str) -> str:
+    """The trajectory's first sentence (what the image shows), then the diagnosis it leads to:
+    the short thinking of `generate.option_thinking="findings"`, which puts the option check
+    ~100 tokens closer to the prompt's options it copies."""
+    m = _FIRST_SENTENCE.match(thinking.strip())
+    if m is None:
+        raise ValueError(f"thinking has no first sentence to keep: {thinking[:80]!r}")
+    return f"{m.group(1)} The findings fit {diagnosis}."
+
+
 @dataclasses.dataclass(frozen=True)
 class WrittenCheck:
     """An option check as a response wrote it (`parse_option_check`)."""
@@ -140,6 +153,8 @@ def build_sft_items(trajectories: Sequence[Mapping[str, Any]],
             question = bank[kind].get(example_id) or bank["mcq"][example_id]
             thinking = parts[0]
             if generate_cfg.option_check and tasks.options_are_nodes(question):
+                if generate_cfg.option_thinking == "findings":
+                    thinking = findings_thinking(thinking, taxonomy.name(question.node))
                 thinking += option_check(question, taxonomy)
             response = (f"<{think}>{thinking}</{think}>\n"
                         f"<{final}>{final_field(question, taxonomy)}</{final}>")
