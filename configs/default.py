@@ -55,12 +55,17 @@ def get_config() -> ConfigDict:
         on_bad_image="fail",    # fail | skip
         min_pixels=32 * 32,
         max_pixels=64 * 64,
-        max_seq_len=384,
+        # The longest SFT row is 337 tokens (a benign/malignant twin; rows average 253 with
+        # generate.option_thinking="findings", 291 and up to ~400 with "full", which wants 384).
+        max_seq_len=352,
+        # Pretrain and SFT batches pad to the smallest multiple of this that holds their longest
+        # row, with rows grouped by length (stages/sft.py: ItemSource); 0 = pad to max_seq_len.
+        length_bucket=32,
         # Logits (the vocabulary matmul) only at up to this many target positions per row of
         # an SFT or pretrain batch; a row with more is an error naming this key. 0 = every
-        # position. The longest SFT response is 218 tokens with generate.option_check (170
-        # without); at max_seq_len 384, 105 of 12,800 SFT rows were truncated (measured).
-        max_target_tokens=240,
+        # position. The longest SFT response is 169 tokens (a trajectory; 218 with
+        # generate.option_thinking="full", which wants 240).
+        max_target_tokens=192,
     ))
 
     c.generate = ConfigDict(dict(
@@ -81,8 +86,10 @@ def get_config() -> ConfigDict:
         # must be read from the prompt rather than remembered per image (>1: more SFT items).
         question_variants=4,
         # Thinking of the option-checked twins: full (the trajectory's) | findings (its first
-        # sentence, then "The findings fit <diagnosis>.").
-        option_thinking="full",
+        # sentence, then "The findings fit <diagnosis>."). With findings the check sits ~100
+        # tokens closer to the options it copies: option lines copied right after SFT 0.49 ->
+        # 0.84, mcq_indomain 0.354 -> 0.554 (README "Short option thinking").
+        option_thinking="findings",
         llm=ConfigDict(dict(enabled=False, url="", model="", api_key_env="OPENAI_API_KEY",
                             temperature=0.2, max_tokens=120, timeout_s=30.0)),
     ))
@@ -121,13 +128,19 @@ def get_config() -> ConfigDict:
     c.rl = ConfigDict(dict(
         steps=160,
         # Prompts per update; each gets num_generations completions. 16 at temperature 0.5
-        # lifted mcq_indomain 0.406 -> 0.490 where 8 at 0.7 gave 0.403 (one SFT model).
+        # lifted mcq_indomain 0.406 -> 0.490 where 8 at 0.7 gave 0.403 (one SFT model, full
+        # option thinking).
         batch_size=16,
         num_generations=4,
-        temperature=0.5,        # at 1.0 rollouts were garbled mid-sentence
+        # The paper's. With short option thinking, 0.5 / 0.8 / 1.0 from one SFT model (0.554)
+        # gave 0.592 / 0.609-0.620 / 0.616 on mcq_indomain: more groups with a reward spread.
+        temperature=1.0,
         top_k=0,
         top_p=1.0,
-        max_new_tokens=224,     # the longest SFT answers are ~210 tokens (~150 without option_check)
+        # Rows are padded to this in the update. Option-checked answers are at most ~110
+        # tokens with short option thinking (224 needed with full thinking; rl.task=open/mixed
+        # answer with the full thinking, up to ~170).
+        max_new_tokens=128,
         # 2e-4 left the policy close to SFT (KL 0.013 at the end of a 2026-12-04 run); 5e-4
         # moves it further (KL 0.04-0.09). Seeds: README "Results on the embedded default".
         learning_rate=5e-4,

@@ -40,6 +40,7 @@ def get_config() -> ConfigDict:
     c.data.max_pixels = 448 * 448
     c.data.max_seq_len = 1024
     c.data.max_target_tokens = 1024
+    c.data.length_bucket = 0    # one compiled step: a 7B step takes minutes to compile per shape
     c.generate.per_diagnosis_per_type = 5
     c.generate.max_per_type = 1000
     c.generate.question_share = 0.0

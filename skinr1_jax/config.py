@@ -43,7 +43,7 @@ _NON_NEGATIVE = ("pretrain.steps", "pretrain.learning_rate", "pretrain.questions
                  "sft.learning_rate", "rl.learning_rate", "rl.beta",
                  "rl.lambda_sft", "rl.lambda_rl", "rl.temperature", "model.lora.rank",
                  "model.lora.dropout", "eval.max_examples", "data.max_target_tokens",
-                 "rl.reward.check_weight")
+                 "rl.reward.check_weight", "data.length_bucket")
 
 
 def get(config: ConfigDict, dotted: str) -> Any:

@@ -211,8 +211,11 @@ def _extras(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def collate_sft(encoded_list: Sequence[dict[str, Any]], seq_len: int | Sequence[int], pad_id: int, *,
-                batch_size: int | None = None, max_targets: int = 0) -> dict[str, Any]:
-    """Right-padded SFT batch of fixed shape [batch_size, bucket].
+                batch_size: int | None = None, max_targets: int = 0,
+                length: int | None = None) -> dict[str, Any]:
+    """Right-padded SFT batch of fixed shape [batch_size, bucket]: the smallest of the `seq_len`
+    buckets that holds the longest row, or `length` where given (the global batch's longest row
+    when each process collates only its block).
 
     With `max_targets` > 0 it also holds target_positions i32[B, min(max_targets, bucket)]
     (`target_positions`), which makes the step compute logits at those positions only.
@@ -225,7 +228,8 @@ def collate_sft(encoded_list: Sequence[dict[str, Any]], seq_len: int | Sequence[
     """
     if not encoded_list:
         raise ValueError("cannot collate an empty batch")
-    s = bucket_length(max(len(e["input_ids"]) for e in encoded_list), seq_len)
+    s = bucket_length(max(len(e["input_ids"]) for e in encoded_list) if length is None else length,
+                      seq_len)
     kept, truncated, dropped = [], 0, []
     for e in encoded_list:
         if e["prompt_len"] >= s:
@@ -307,13 +311,20 @@ class BatchIterator:
     processes. With `num_epochs` set (single process only), iteration stops after that many
     epochs and the last batch may be short (collate_fn pads it). Encoded items are cached
     (LRU), so images are preprocessed once.
+
+    With `lengths` (each item's encoded length) and `group_batches` > 0, each run of
+    `group_batches` global batches of the epoch's order is sorted by length before it is cut
+    into batches, whose order within the run is then shuffled: batches of similar lengths pad
+    less. collate_fn is then also given `length=`, the longest item of the *global* batch, so
+    that every process pads its block to the same bucket.
     """
 
     def __init__(self, items: Sequence[Any], batch_size: int, seed: int,
                  encode_fn: Callable[[Any], dict[str, Any]],
                  collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]], *,
                  shard_index: int = 0, shard_count: int = 1, shuffle: bool = True,
-                 num_epochs: int | None = None, cache_size: int = 4096):
+                 num_epochs: int | None = None, cache_size: int = 4096,
+                 lengths: Sequence[int] | None = None, group_batches: int = 0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= shard_index < shard_count:
@@ -326,7 +337,11 @@ class BatchIterator:
                              "batch does not split evenly over processes")
         if not items:
             raise ValueError("BatchIterator needs at least one item")
+        if lengths is not None and len(lengths) != len(items):
+            raise ValueError(f"{len(lengths)} lengths for {len(items)} items")
         self._items = items
+        self._lengths = None if lengths is None else np.asarray(lengths, np.int64)
+        self.group_batches = int(group_batches)
         self.batch_size = batch_size
         self.rows = batch_size // shard_count      # this process's rows of every batch
         self.seed = int(seed)
@@ -350,10 +365,23 @@ class BatchIterator:
     def _epoch_order(self, epoch: int) -> np.ndarray:
         if epoch != self._order_epoch:
             n = len(self._items)
-            self._order = (np.random.default_rng([self.seed, epoch]).permutation(n)
-                           if self.shuffle else np.arange(n))
-            self._order_epoch = epoch
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(n) if self.shuffle else np.arange(n)
+            if self._lengths is not None and self.group_batches > 0:
+                order = self._grouped(order, rng)
+            self._order, self._order_epoch = order, epoch
         return self._order
+
+    def _grouped(self, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        b, window = self.batch_size, self.group_batches * self.batch_size
+        runs = []
+        for start in range(0, len(order), window):
+            run = order[start:start + window]
+            run = run[np.argsort(self._lengths[run], kind="stable")]
+            full = len(run) // b
+            batches = [run[i * b:(i + 1) * b] for i in rng.permutation(full)]
+            runs += batches + [run[full * b:]]    # a short tail stays last: batches stay aligned
+        return np.concatenate(runs)
 
     def _encoded(self, index: int) -> dict[str, Any]:
         if index in self._cache:
@@ -383,7 +411,10 @@ class BatchIterator:
         if not picked:
             raise StopIteration
         mine = picked[self.shard_index * self.rows:(self.shard_index + 1) * self.rows]
-        return self._collate([self._encoded(i) for i in mine])
+        rows = [self._encoded(i) for i in mine]
+        if self._lengths is None:
+            return self._collate(rows)
+        return self._collate(rows, length=int(self._lengths[picked].max()))
 
     def get_state(self) -> dict[str, int]:
         return {"epoch": int(self.epoch), "position": int(self.position)}

@@ -113,18 +113,20 @@ def train(stage: str, config: ConfigDict, workdir: Path, *, model_cfg: Any, vari
     bar = tlog.ProgressBar(steps, stage, initial=start)
     t0 = time.time()
     metrics: dict[str, float] = {}
-    compiled = None
+    compiled: dict[tuple, Any] = {}
     try:
         for step in range(start, steps):
             sft_batch, rl_batch, extra = source.batches(state, step)
             # Host blocks are assembled into global arrays; arrays already on the mesh stay.
             sft_batch = None if sft_batch is None else sharding.shard_batch(sft_batch, mesh)
             rl_batch = None if rl_batch is None else sharding.shard_batch(rl_batch, mesh)
-            if compiled is None:
-                compiled = _compile(stage, train_step, state, sft_batch, rl_batch)
-            # Batches have fixed shapes, so the ahead-of-time executable serves every step.
+            # One ahead-of-time executable per input shape: RL batches have one, length-bucketed
+            # SFT batches one per bucket used.
+            shapes = tuple(x.shape for x in jax.tree.leaves((sft_batch, rl_batch)))
+            if shapes not in compiled:
+                compiled[shapes] = _compile(stage, train_step, state, sft_batch, rl_batch)
             with sharding.mesh_context(mesh):
-                state, step_metrics = compiled(state, sft_batch, rl_batch)
+                state, step_metrics = compiled[shapes](state, sft_batch, rl_batch)
             done = step + 1
             if done % int(config.log.every_steps) == 0 or done == steps:
                 metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
@@ -175,13 +177,14 @@ def check_resumable(stage: str, saved_text: str, config: ConfigDict, directory: 
 
 
 def _compile(stage: str, train_step, state, sft_batch, rl_batch):
-    """AOT-compile once at start-up and report compile time and per-device memory (fails fast,
-    naming the figures, when the step cannot fit the device)."""
+    """AOT-compile the step for these inputs' shapes and report compile time and per-device
+    memory (fails fast, naming the figures, when the step cannot fit the device)."""
     t = time.time()
     compiled, report = tstep.compile_step(train_step, state, sft_batch, rl_batch,
                                           log=lambda s: None)
     mem = f", {report['total'] / 2**20:.0f} MiB per device" if report else ""
-    print(f"[{stage}] step compiled in {time.time() - t:.1f}s{mem}")
+    length = "" if rl_batch is not None else f" for length {sft_batch['input_ids'].shape[1]}"
+    print(f"[{stage}] step compiled{length} in {time.time() - t:.1f}s{mem}")
     return compiled
 
 

@@ -50,7 +50,8 @@ def run(config: ConfigDict, workdir: Path) -> dict:
                         seq_len=int(config.pretrain.max_seq_len),
                         batch_size=int(config.pretrain.batch_size), seed=config.seed + 2,
                         max_targets=int(config.data.max_target_tokens),
-                        seq_len_key="pretrain.max_seq_len")
+                        seq_len_key="pretrain.max_seq_len",
+                        length_bucket=int(config.data.length_bucket))
     print(f"[pretrain] {len(items)} items (captions + {config.pretrain.questions_per_image} "
           f"concept question(s) per annotated image) "
           f"({len(items) / config.pretrain.batch_size:.0f} steps per epoch), {steps} steps of "

@@ -236,8 +236,8 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     mesh = sharding.make_mesh(config.mesh)
     var_shardings = sharding.param_shardings(abstract_variables(model_cfg), mesh)
     step_cfg = StepConfig.from_config(config, "rl")
-    sft_source = (make_sft_source(config, workdir, enc, tokenizer, seed_offset=1) if step_cfg.sft
-                  else None)
+    sft_source = (make_sft_source(config, workdir, enc, tokenizer, seed_offset=1, bucketed=False)
+                  if step_cfg.sft else None)
     # The frozen reference is the starting policy (the SFT model), as in the paper; beta = 0
     # skips it and its forward pass.
     ref_variables = (jax.device_put(policy, var_shardings) if float(config.rl.beta) != 0

@@ -11,13 +11,27 @@ from ml_collections import ConfigDict
 from skinr1_jax.stages import common
 
 
+# Runs of this many batches are sorted by length before they are cut into batches (with
+# `length_bucket`): long enough to group similar lengths, short enough to keep batches mixed.
+GROUP_BATCHES = 32
+
+
+def length_buckets(seq_len: int, step: int) -> tuple[int, ...]:
+    """Padded lengths a batch may take: multiples of `step` below `seq_len`, then `seq_len`
+    (step 0: `seq_len` only)."""
+    return tuple(range(step, seq_len, step)) + (seq_len,) if step > 0 else (seq_len,)
+
+
 class ItemSource:
-    """Fixed-shape batches for the SFT loss from a resumable, shuffled iterator over
-    {example_id, prompt, response} items whose images are in `images` (by example id)."""
+    """Batches for the SFT loss from a resumable, shuffled iterator over {example_id, prompt,
+    response} items whose images are in `images` (by example id). With `length_bucket` > 0,
+    rows are grouped by length and each batch is padded to the smallest multiple of it that
+    holds its longest row (one compiled step per length used); 0 pads every batch to
+    `seq_len`."""
 
     def __init__(self, items: list[dict], images: Mapping[str, Any], enc: Any, tokenizer: Any, *,
                  seq_len: int, batch_size: int, seed: int, max_targets: int = 0,
-                 seq_len_key: str = "data.max_seq_len"):
+                 seq_len_key: str = "data.max_seq_len", length_bucket: int = 0):
         from skinr1_jax.data.pipeline import BatchIterator, collate_sft
         from skinr1_jax.train.distributed import data_shard
 
@@ -25,13 +39,19 @@ class ItemSource:
         # Each process encodes only its block of every global batch.
         shard, shards = data_shard()
         pad = tokenizer.pad_id
+
+        def encode(it: dict) -> dict:
+            return enc.sft(it["prompt"], it["response"], images[it["example_id"]], it["example_id"])
+
+        buckets = length_buckets(int(seq_len), int(length_bucket))
+        # Every process measures every item (~1 ms each), so all pick the same bucket.
+        lengths = [len(encode(it)["input_ids"]) for it in items] if length_bucket > 0 else None
         self.iterator = BatchIterator(
             items, int(batch_size), seed, shard_index=shard, shard_count=shards,
-            encode_fn=lambda it: enc.sft(it["prompt"], it["response"], images[it["example_id"]],
-                                         it["example_id"]),
-            collate_fn=lambda rows: collate_sft(rows, int(seq_len), pad,
-                                                batch_size=self.iterator.rows,
-                                                max_targets=int(max_targets)))
+            encode_fn=encode, lengths=lengths, group_batches=GROUP_BATCHES,
+            collate_fn=lambda rows, length=None: collate_sft(
+                rows, buckets, pad, batch_size=self.iterator.rows, max_targets=int(max_targets),
+                length=length))
         first = items[0]
         self.grid = common.image_grid(enc.sft(first["prompt"], "", images[first["example_id"]],
                                               first["example_id"]))
@@ -69,8 +89,9 @@ class ItemSource:
 
 
 def sft_source(config: ConfigDict, workdir: Path, enc: Any, tokenizer: Any,
-               seed_offset: int = 0) -> ItemSource:
-    """The SFT set (trajectories + task-format twins) as batches of `sft.batch_size`."""
+               seed_offset: int = 0, bucketed: bool = True) -> ItemSource:
+    """The SFT set (trajectories + task-format twins) as batches of `sft.batch_size`;
+    `bucketed=False` pads every batch to data.max_seq_len (RL's SFT term: one compiled step)."""
     from skinr1_jax.data.sft_mix import build_sft_items
 
     taxonomy, kb = common.taxonomy_and_kb()
@@ -81,7 +102,8 @@ def sft_source(config: ConfigDict, workdir: Path, enc: Any, tokenizer: Any,
     return ItemSource(items, {str(e["id"]): e["image"] for e in dense}, enc, tokenizer,
                       seq_len=int(config.data.max_seq_len), batch_size=int(config.sft.batch_size),
                       seed=config.seed + seed_offset,
-                      max_targets=int(config.data.max_target_tokens))
+                      max_targets=int(config.data.max_target_tokens),
+                      length_bucket=int(config.data.length_bucket) if bucketed else 0)
 
 
 def run(config: ConfigDict, workdir: Path) -> dict:
