@@ -67,6 +67,39 @@ def test_step_with_target_positions_equals_full_logits_step(grad_accum):
         np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("remat", [False, True])
+def test_forward_at_positions_equals_full_forward_at_those_rows(remat):
+    """The last layer computing queries, MLP and norm at the logit positions only gives the
+    full forward's logits there, with a left-padded row, repeated positions and remat; the
+    prefill's last-position logits and cache are the full forward's too."""
+    from skinr1_jax.model import forward
+    from skinr1_jax.model.vlm import init_cache
+
+    cfg = tiny_config(256).replace(remat=remat)
+    variables = unbox(init_variables(cfg, jax.random.key(0)))
+    grid = (1, 4, 4)
+    b = random_batch(cfg, (grid,) * 3, seed=5, text_len=9, batch_size=3)
+    batch = {k: b[k] for k in ("input_ids", "attention_mask", "position_ids", "pixel_values")}
+    batch["attention_mask"] = b["attention_mask"].copy()
+    batch["attention_mask"][2, :4] = 0
+    s = b["input_ids"].shape[1]
+    where = np.array([[s - 1, 3, 7, 7], [0, 10, 20, 5], [12, 4, 4, s - 2]], np.int32)
+    full, _ = forward(cfg, variables, batch, grid_thw=(grid,) * 3)
+    at, _ = forward(cfg, variables, {**batch, "logit_positions": where}, grid_thw=(grid,) * 3)
+    assert at.shape == (3, 4, cfg.text.vocab_size)
+    np.testing.assert_allclose(at, np.take_along_axis(np.asarray(full), where[..., None], 1),
+                               rtol=1e-5, atol=1e-5)
+    last, cache = forward(cfg, variables, batch, grid_thw=(grid,) * 3,
+                          cache=init_cache(cfg, 3, s), cache_index=0, last_logits_only=True)
+    every, full_cache = forward(cfg, variables, batch, grid_thw=(grid,) * 3,
+                                cache=init_cache(cfg, 3, s), cache_index=0)
+    np.testing.assert_allclose(last, np.asarray(every)[:, -1:], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(last, np.asarray(full)[:, -1:], rtol=1e-5, atol=1e-5)
+    # every token's keys and values are cached, in the last layer too
+    for a, c in zip(jax.tree.leaves(cache), jax.tree.leaves(full_cache)):
+        np.testing.assert_array_equal(a, c)
+
+
 def _rl_batch(cfg, grid, completion_len: int) -> dict:
     """A real-VLM rollout batch: 2 prompts x 2 completions, the last `completion_len` columns
     the completions (of different lengths), reward inputs from the toy batch."""

@@ -39,13 +39,16 @@ def mrope_cos_sin(position_ids: jnp.ndarray, head_dim: int, theta: float,
     for i in range(len(mrope_section)):
         axis[bounds[i]:bounds[i + 1]] = i % 3
     axis = np.concatenate([axis, axis])
-    positions = jnp.moveaxis(jnp.take(position_ids, axis, axis=0), 0, -1)  # [B, S, head_dim]
-    freqs = positions.astype(jnp.float32) * jnp.asarray(np.tile(inv_freq, 2))
-    # The barrier keeps XLA:CPU from fusing cos / sin into every rotary use, where they would
-    # be recomputed per head (q and k, forward and backward, each layer). Picking the axis
-    # before cos / sin takes a third of their work (cos, sin and a one-hot pick after them
-    # were 1.5 ms of a 29 ms tiny SFT step).
-    return jax.lax.optimization_barrier((jnp.cos(freqs), jnp.sin(freqs)))
+    freqs = position_ids.astype(jnp.float32)[..., None] * jnp.asarray(np.tile(inv_freq, 2))
+    # cos / sin of all three axes [3, B, S, D], then each frequency's axis picked by an exact
+    # one-hot product. The product is what matters: XLA:CPU fuses elementwise producers into
+    # every consumer (an optimization_barrier is removed before fusion), so cos / sin picked
+    # elementwise were recomputed per head in each rotary use, forward and backward (74 trig
+    # loops, ~3 ms of a 32 ms tiny SFT step). A dot's operands and result are materialized.
+    pick = jnp.asarray(np.eye(3, dtype=np.float32)[axis])           # [D, 3] one-hot
+    def table(f):
+        return jnp.einsum("absd,da->bsd", f(freqs), pick, precision=jax.lax.Precision.HIGHEST)
+    return table(jnp.cos), table(jnp.sin)
 
 
 def vision_cos_sin(pos_hw: np.ndarray, head_dim: int) -> tuple[np.ndarray, np.ndarray]:

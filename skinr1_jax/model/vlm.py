@@ -50,7 +50,11 @@ class LanguageModel(nn.Module):
     @nn.compact
     def __call__(self, input_ids: jnp.ndarray, image_features: jnp.ndarray | None,
                  position_ids: jnp.ndarray, mask: jnp.ndarray, cache: Cache | None,
-                 cache_index: jnp.ndarray | None) -> tuple[jnp.ndarray, jnp.ndarray, Cache | None]:
+                 cache_index: jnp.ndarray | None, out_positions: jnp.ndarray | None = None
+                 ) -> tuple[jnp.ndarray, jnp.ndarray, Cache | None]:
+        """Final hidden states [B, S, D], or [B, K, D] at `out_positions` i32[B, K]: the last
+        layer then computes its queries, MLP and norm there only (its keys and values, which
+        the kept positions attend to, still for all S), the same values for ~K/S of its work."""
         c, t = self.cfg, self.cfg.text
         table = self.param("embed_tokens", nn.with_logical_partitioning(
             nn.initializers.normal(0.02), ("vocab", "embed")), (t.vocab_size, t.hidden_size),
@@ -60,9 +64,10 @@ class LanguageModel(nn.Module):
             x = _scatter_image_features(x, input_ids, c.image_token_id, image_features)
         cos, sin = mrope_cos_sin(position_ids, t.head_dim, t.rope_theta, t.mrope_section)
         layer_cls = nn.remat(DecoderLayer) if c.remat else DecoderLayer
+        last = t.num_hidden_layers - 1
         for i in range(t.num_hidden_layers):
             x, cache = layer_cls(c, i, self.deterministic, name=f"layers_{i}")(
-                x, cos, sin, mask, cache, cache_index)
+                x, cos, sin, mask, cache, cache_index, out_positions if i == last else None)
         x = RMSNorm(t.rms_norm_eps, "embed", c.dtype, c.param_dtype, name="norm")(x)
         return x, table, cache
 
@@ -85,12 +90,10 @@ class Qwen2_5_VL(nn.Module):
                 raise ValueError("pixel_values given without grid_thw")
             features = VisionTower(c, self.deterministic, name="visual")(pixel_values, grid_thw)
         mask = _attention_mask(b, s, attention_mask, cache, cache_index)
-        h, table, cache = LanguageModel(c, self.deterministic, name="language_model")(
-            input_ids, features, position_ids, mask, cache, cache_index)
         if self.last_logits_only:
-            h = h[:, -1:]
-        elif logit_positions is not None:
-            h = jnp.take_along_axis(h, logit_positions[..., None], axis=1)
+            logit_positions = jnp.full((b, 1), s - 1, jnp.int32)
+        h, table, cache = LanguageModel(c, self.deterministic, name="language_model")(
+            input_ids, features, position_ids, mask, cache, cache_index, logit_positions)
         if c.text.tie_word_embeddings:
             logits = jnp.dot(h, table.astype(c.dtype).T, preferred_element_type=jnp.float32)
         else:
