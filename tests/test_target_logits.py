@@ -89,6 +89,11 @@ def test_forward_at_positions_equals_full_forward_at_those_rows(remat):
     assert at.shape == (3, 4, cfg.text.vocab_size)
     np.testing.assert_allclose(at, np.take_along_axis(np.asarray(full), where[..., None], 1),
                                rtol=1e-5, atol=1e-5)
+    # as many positions as tokens: the whole layer runs, then the rows are picked
+    every_row = np.tile(np.arange(s)[::-1], (3, 1)).astype(np.int32)
+    at_all, _ = forward(cfg, variables, {**batch, "logit_positions": every_row},
+                        grid_thw=(grid,) * 3)
+    np.testing.assert_allclose(at_all, np.asarray(full)[:, ::-1], rtol=1e-5, atol=1e-5)
     last, cache = forward(cfg, variables, batch, grid_thw=(grid,) * 3,
                           cache=init_cache(cfg, 3, s), cache_index=0, last_logits_only=True)
     every, full_cache = forward(cfg, variables, batch, grid_thw=(grid,) * 3,

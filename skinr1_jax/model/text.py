@@ -17,7 +17,7 @@ from skinr1_jax.model.rope import apply_rotary
 Cache = dict[str, tuple[jnp.ndarray, ...]]
 
 
-def _rows_at(x: jnp.ndarray, positions: jnp.ndarray) -> jnp.ndarray:
+def rows_at(x: jnp.ndarray, positions: jnp.ndarray) -> jnp.ndarray:
     """x[b, positions[b]] for x [B, S, ...] and positions i32[B, K]: [B, K, ...]."""
     idx = positions.reshape(positions.shape + (1,) * (x.ndim - 2))
     return jnp.take_along_axis(x, idx, axis=1)
@@ -46,7 +46,7 @@ class SelfAttention(nn.Module):
         hd, nh, nkv = t.head_dim, t.num_attention_heads, t.num_key_value_heads
         xq, cos_q, sin_q = x, cos, sin
         if queries is not None:
-            xq, cos_q, sin_q, mask = (_rows_at(a, queries) for a in (x, cos, sin, mask))
+            xq, cos_q, sin_q, mask = (rows_at(a, queries) for a in (x, cos, sin, mask))
         q = Linear(nh * hd, ("embed", "heads"), f"{prefix}.q_proj", name="q_proj", **kw)(xq)
         k = Linear(nkv * hd, ("embed", "kv_heads"), f"{prefix}.k_proj", name="k_proj", **kw)(x)
         v = Linear(nkv * hd, ("embed", "kv_heads"), f"{prefix}.v_proj", name="v_proj", **kw)(x)
@@ -92,7 +92,7 @@ class DecoderLayer(nn.Module):
         h = RMSNorm(**norm, name="input_layernorm")(x)
         h, cache = SelfAttention(c, self.index, self.deterministic, name="self_attn")(
             h, cos, sin, mask, cache, cache_index, queries)
-        x = (x if queries is None else _rows_at(x, queries)) + h
+        x = (x if queries is None else rows_at(x, queries)) + h
         mlp = GatedMLP(t.hidden_size, t.intermediate_size, ("embed", "mlp"),
                        f"model.language_model.layers.{self.index}.mlp", False, name="mlp",
                        **_linear_kw(c, self.deterministic))

@@ -21,7 +21,7 @@ import numpy as np
 from skinr1_jax.model.config import ModelConfig, validate
 from skinr1_jax.model.layers import Linear, RMSNorm
 from skinr1_jax.model.rope import GridTHW, mrope_cos_sin
-from skinr1_jax.model.text import Cache, DecoderLayer
+from skinr1_jax.model.text import Cache, DecoderLayer, rows_at
 from skinr1_jax.model.vision import VisionTower
 
 Variables = dict[str, Any]
@@ -52,9 +52,10 @@ class LanguageModel(nn.Module):
                  position_ids: jnp.ndarray, mask: jnp.ndarray, cache: Cache | None,
                  cache_index: jnp.ndarray | None, out_positions: jnp.ndarray | None = None
                  ) -> tuple[jnp.ndarray, jnp.ndarray, Cache | None]:
-        """Final hidden states [B, S, D], or [B, K, D] at `out_positions` i32[B, K]: the last
-        layer then computes its queries, MLP and norm there only (its keys and values, which
-        the kept positions attend to, still for all S), the same values for ~K/S of its work."""
+        """Final hidden states [B, S, D], or [B, K, D] at `out_positions` i32[B, K]. With K < S
+        the last layer computes its queries, MLP and norm there only (its keys and values, which
+        the kept positions attend to, still for all S), the same values for ~K/S of its work;
+        with K >= S it runs whole (keeping blocked causal attention) and the rows are picked."""
         c, t = self.cfg, self.cfg.text
         table = self.param("embed_tokens", nn.with_logical_partitioning(
             nn.initializers.normal(0.02), ("vocab", "embed")), (t.vocab_size, t.hidden_size),
@@ -64,11 +65,14 @@ class LanguageModel(nn.Module):
             x = _scatter_image_features(x, input_ids, c.image_token_id, image_features)
         cos, sin = mrope_cos_sin(position_ids, t.head_dim, t.rope_theta, t.mrope_section)
         layer_cls = nn.remat(DecoderLayer) if c.remat else DecoderLayer
-        last = t.num_hidden_layers - 1
+        prune = out_positions is not None and out_positions.shape[1] < input_ids.shape[1]
+        last = t.num_hidden_layers - 1 if prune else None
         for i in range(t.num_hidden_layers):
             x, cache = layer_cls(c, i, self.deterministic, name=f"layers_{i}")(
                 x, cos, sin, mask, cache, cache_index, out_positions if i == last else None)
         x = RMSNorm(t.rms_norm_eps, "embed", c.dtype, c.param_dtype, name="norm")(x)
+        if out_positions is not None and not prune:
+            x = rows_at(x, out_positions)
         return x, table, cache
 
 
