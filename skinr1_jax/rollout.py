@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from skinr1_jax.data import pipeline
-from skinr1_jax.model import sampler
+from skinr1_jax.model import image_processing, sampler
 
 PROMPT_BUCKETS = (128, 192, 256, 320, 448, 640, 1024)
 
@@ -37,6 +37,18 @@ class Encoder:
         return pipeline.encode_sft(self.tokenizer, prompt, response, image, self.model_cfg,
                                    min_pixels=self.min_pixels, max_pixels=self.max_pixels,
                                    example_id=example_id, image_cache=self.cache)
+
+    def sft_lengths(self, items: Sequence[Mapping[str, Any]],
+                    images: Mapping[str, np.ndarray]) -> np.ndarray:
+        """len(self.sft(...)["input_ids"]) of each {example_id, prompt, response} item."""
+        grids = {}
+        for it in items:
+            key = it["example_id"]
+            if key not in grids:
+                grids[key] = image_processing.model_grid(images[key], self.model_cfg,
+                                                         self.min_pixels, self.max_pixels)
+        return pipeline.sft_lengths(self.tokenizer, [(it["prompt"], it["response"]) for it in items],
+                                    [grids[it["example_id"]] for it in items], self.model_cfg)
 
 
 @dataclass

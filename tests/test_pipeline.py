@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import PIL.Image
 import pytest
 
 from skinr1_jax.data import pipeline, tasks
@@ -293,6 +294,28 @@ def test_image_cache_preprocesses_each_example_once(tok, cfg) -> None:
     uncached = pipeline.encode_prompt(tok, "one", image(3), cfg, **PIXELS)
     np.testing.assert_array_equal(a["pixel_values"], uncached["pixel_values"])
     assert c["grid_thw"] == (1, 8, 8)
+
+
+def test_sft_lengths_equal_the_encoded_lengths(tok, cfg) -> None:
+    """Length grouping measures every item up front from the tokenizer and the image size
+    alone; it must agree with the full encoding, image sizes and aspects included."""
+    from skinr1_jax.rollout import Encoder
+
+    rng = np.random.default_rng(0)
+    images = {f"e{i}": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+              for i, (h, w) in enumerate([(32, 32), (48, 16), (64, 96), (20, 70), (130, 40)])}
+    images["pil"] = PIL.Image.fromarray(images["e2"]).convert("L")   # a greyscale PIL image
+    enc = Encoder(tok, cfg, min_pixels=16 * 16, max_pixels=64 * 64,
+                  cache=pipeline.ImageCache(max_entries=0))
+    items = [{"example_id": key, "prompt": "Describe the lesion. " * (1 + i % 4),
+              "response": RESPONSE * (1 + i % 3)}
+             for i, key in enumerate(list(images) * 3)]
+    encoded = [len(enc.sft(it["prompt"], it["response"], images[it["example_id"]],
+                           it["example_id"])["input_ids"]) for it in items]
+    assert len(set(encoded)) > 5                       # the sizes and texts do vary
+    np.testing.assert_array_equal(enc.sft_lengths(items, images), encoded)
+    with pytest.raises(ValueError, match="3 texts for 2 image grids"):
+        pipeline.sft_lengths(tok, [("a", "b")] * 3, [(1, 4, 4)] * 2, cfg)
 
 
 def test_open_question_encoding_marks_is_open(tok, cfg) -> None:

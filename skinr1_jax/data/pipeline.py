@@ -137,6 +137,23 @@ def encode_sft(tokenizer: Any, prompt_text: str, response_text: str, image: np.n
     return enc
 
 
+def sft_lengths(tokenizer: Any, texts: Sequence[tuple[str, str]],
+                grids: Sequence[tuple[int, int, int]], model_cfg: ModelConfig, *,
+                system: str | None = None) -> np.ndarray:
+    """len(encode_sft(...)["input_ids"]) of each (prompt, response) whose image has grid_thw
+    `grids[i]`: two batched tokenizer calls, no rotary indices or pixels (what grouping rows
+    by length needs, for every item, before training starts)."""
+    if len(texts) != len(grids):
+        raise ValueError(f"{len(texts)} texts for {len(grids)} image grids")
+    prompts = tokenizer.encode_batch([tokenizer.chat(_user_messages(p, system),
+                                                     add_generation_prompt=True) for p, _ in texts])
+    responses = tokenizer.encode_batch([r for _, r in texts])
+    merge = model_cfg.vision.spatial_merge_size
+    # The one image placeholder becomes the image's tokens; the response ends with EOS.
+    return np.asarray([len(p) - 1 + image_processing.num_image_tokens(g, merge) + len(r) + 1
+                       for p, r, g in zip(prompts, responses, grids)], np.int64)
+
+
 def encode_question(tokenizer: Any, question: Question, image: np.ndarray, model_cfg: ModelConfig, *,
                     min_pixels: int, max_pixels: int, system: str | None = None,
                     image_cache: ImageCache | None = None) -> dict[str, Any]:

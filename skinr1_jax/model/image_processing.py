@@ -157,6 +157,17 @@ def preprocess_for_model(image: np.ndarray | PIL.Image.Image, cfg: ModelConfig,
                       merge_size=v.spatial_merge_size, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
+def model_grid(image: np.ndarray | PIL.Image.Image, cfg: ModelConfig,
+               min_pixels: int = DEFAULT_MIN_PIXELS,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int, int]:
+    """The grid_thw `preprocess_for_model` gives `image`, from its size alone (no resampling):
+    what a sequence length needs."""
+    v = cfg.vision
+    h, w = _as_rgb_array(image).shape[:2]
+    th, tw = smart_resize(h, w, v.patch_size * v.spatial_merge_size, min_pixels, max_pixels)
+    return 1, th // v.patch_size, tw // v.patch_size
+
+
 def num_image_tokens(grid_thw: tuple[int, int, int], merge_size: int) -> int:
     """How many <|image_pad|> tokens the language model sees for one image."""
     t, h, w = grid_thw

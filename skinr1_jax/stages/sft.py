@@ -44,8 +44,8 @@ class ItemSource:
             return enc.sft(it["prompt"], it["response"], images[it["example_id"]], it["example_id"])
 
         buckets = length_buckets(int(seq_len), int(length_bucket))
-        # Every process measures every item (~1 ms each), so all pick the same bucket.
-        lengths = [len(encode(it)["input_ids"]) for it in items] if length_bucket > 0 else None
+        # Every process measures every item, so all pick the same bucket.
+        lengths = enc.sft_lengths(items, images) if length_bucket > 0 else None
         self.iterator = BatchIterator(
             items, int(batch_size), seed, shard_index=shard, shard_count=shards,
             encode_fn=encode, lengths=lengths, group_batches=GROUP_BATCHES,
