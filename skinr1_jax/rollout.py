@@ -39,7 +39,7 @@ class Encoder:
                                    example_id=example_id, image_cache=self.cache)
 
     def sft_lengths(self, items: Sequence[Mapping[str, Any]],
-                    images: Mapping[str, np.ndarray]) -> np.ndarray:
+                    images: Mapping[str, Any]) -> np.ndarray:
         """len(self.sft(...)["input_ids"]) of each {example_id, prompt, response} item."""
         grids = {}
         for it in items:
