@@ -118,6 +118,10 @@ def _side_by_side(b: dict[str, Any]) -> list[str]:
         what = (f"SFT step: forward + backward + AdamW, tiny Qwen2.5-VL ({s['params']:,} params), "
                 f"batch {s['batch_size']} x {s['seq_len']} tokens, one "
                 f"{s['image_grid_thw'][1] * 8}-px image per row")
+        if "first_loss_delta" in s:   # absent from results of before 2026-12-07 noon
+            what += f"; first-step loss {s['first_loss_delta']:+.1e} from transformers'"
+            if abs(s["first_loss_delta"]) > 1e-3:   # float rounding is ~1e-6 here
+                what += " ⚠ the sides compute different losses"
         rows.append(row(what, s["ours"], s["transformers"], s["speedup"], TARGETS["sft_step"],
                         _threads(s), s["ours"]["compile_s"], s["ours"]["mfu"]))
         v = s.get("variants", {})
@@ -137,8 +141,10 @@ def _side_by_side(b: dict[str, Any]) -> list[str]:
                         "| | | | | | | |")
     d = b.get("decode")
     for r in (d or {}).get("rows", []):
+        agree = ("" if "token_agreement" not in r else
+                 f"; the same token as transformers at {r['token_agreement']:.1%} of positions")
         rows.append(row(f"Decode (rollouts): greedy, batch {r['batch_size']}, prompt "
-                        f"{r['prompt_len']} tokens incl. image, {r['new_tokens']} new tokens",
+                        f"{r['prompt_len']} tokens incl. image, {r['new_tokens']} new tokens{agree}",
                         r["ours"], r["transformers"], r["speedup"],
                         TARGETS["decode"].get(r["batch_size"]), _threads(r), r["compile_s"], None))
     if s and "matmul_peak_flops" in s:

@@ -48,8 +48,12 @@ def measure(cfg: Any, variables: Any, hf_model: Any, batch_size: int, new_tokens
                                      eos_token_id=None, pad_token_id=0)
 
     start = time.perf_counter()
-    ours()
+    our_tokens = ours()
     first = time.perf_counter() - start
+    # Greedy from the same weights: the same tokens, up to argmax near-ties that float
+    # rounding can flip (after which a row goes its own way).
+    their_tokens = theirs()[:, batch["input_ids"].shape[1]:].numpy()
+    agreement = float(np.mean(our_tokens == their_tokens))
     threads = common.faster_torch_threads(theirs)
     timed = common.paired({"ours": ours, "transformers": theirs}, warmup=1, repeats=repeats)
     generated = batch_size * new_tokens
@@ -59,7 +63,7 @@ def measure(cfg: Any, variables: Any, hf_model: Any, batch_size: int, new_tokens
             "new_tokens": new_tokens, "ours": ours_r, "transformers": theirs_r,
             "compile_s": first - timed["ours"]["median_s"],
             "speedup": ours_r["tokens_per_s"] / theirs_r["tokens_per_s"],
-            "torch_threads": threads}
+            "token_agreement": agreement, "torch_threads": threads}
 
 
 def run(batch_sizes: tuple[int, ...] = (8, 64), new_tokens: int = 64, repeats: int = 5,
