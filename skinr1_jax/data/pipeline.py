@@ -74,10 +74,12 @@ class ImageCache:
         return out
 
 
-def _user_messages(text: str, system: str | None) -> list[dict[str, Any]]:
+def _user_turn(tokenizer: Any, text: str, system: str | None) -> str:
+    """The chat text every row starts with: (system,) the user turn (image first, then `text`)
+    and the generation prompt, its image a single placeholder."""
     messages: list[dict[str, Any]] = [] if system is None else [{"role": "system", "content": system}]
     messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]})
-    return messages
+    return tokenizer.chat(messages, add_generation_prompt=True)
 
 
 def encode_prompt(tokenizer: Any, text: str, image: np.ndarray, model_cfg: ModelConfig, *,
@@ -96,8 +98,7 @@ def encode_prompt(tokenizer: Any, text: str, image: np.ndarray, model_cfg: Model
         pixel_values, grid_thw = image_processing.preprocess_for_model(
             image, model_cfg, min_pixels=min_pixels, max_pixels=max_pixels)
     n_image = image_processing.num_image_tokens(grid_thw, model_cfg.vision.spatial_merge_size)
-    chat = tokenizer.chat(_user_messages(text, system), add_generation_prompt=True)
-    ids = list(tokenizer.encode(chat))
+    ids = list(tokenizer.encode(_user_turn(tokenizer, text, system)))
     pad = tokenizer.image_pad_id
     if ids.count(pad) != 1:
         raise ValueError(f"example {example_id!r}: the chat template produced {ids.count(pad)} image "
@@ -145,8 +146,7 @@ def sft_lengths(tokenizer: Any, texts: Sequence[tuple[str, str]],
     by length needs, for every item, before training starts)."""
     if len(texts) != len(grids):
         raise ValueError(f"{len(texts)} texts for {len(grids)} image grids")
-    prompts = tokenizer.encode_batch([tokenizer.chat(_user_messages(p, system),
-                                                     add_generation_prompt=True) for p, _ in texts])
+    prompts = tokenizer.encode_batch([_user_turn(tokenizer, p, system) for p, _ in texts])
     responses = tokenizer.encode_batch([r for _, r in texts])
     merge = model_cfg.vision.spatial_merge_size
     # The one image placeholder becomes the image's tokens; the response ends with EOS.
