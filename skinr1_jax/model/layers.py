@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from skinr1_jax.model.config import LoraConfig
+from skinr1_jax.model.matmul import mixed_einsum
 
 NEG_INF = -1e30  # finite so fully masked (padding) rows stay NaN-free
 
@@ -54,7 +55,9 @@ class RMSNorm(nn.Module):
                            (x.shape[-1],), _dt(self.param_dtype))
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return scale.astype(_dt(self.dtype)) * x32.astype(_dt(self.dtype))
+        # Scaled in float32, rounded once: a low-precision product would make the scale's
+        # gradient a low-precision sum over every token (slow on XLA:CPU, and rounded).
+        return (scale.astype(jnp.float32) * x32).astype(_dt(self.dtype))
 
 
 def lora_a_init(key: jax.Array, shape: tuple[int, int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
@@ -90,8 +93,7 @@ class Linear(nn.Module):
         # Matmuls on 2-D [tokens, features]: XLA:CPU's gradient of the 3-D form is ~3x slower.
         lead = x.shape[:-1]
         x = x.astype(dtype).reshape(-1, in_features)
-        y = jnp.dot(x, kernel.astype(dtype),
-                    preferred_element_type=_dt(self.out_dtype) if self.out_dtype else None)
+        y = mixed_einsum("ti,io->to", x, kernel, dtype)
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axes[1],)),
                               (self.features,), pdtype)
@@ -105,9 +107,9 @@ class Linear(nn.Module):
                 nn.initializers.zeros, ("lora_rank", self.axes[1]))(
                     self.make_rng("params"), (r, self.features), pdtype))
             h = nn.Dropout(self.lora.dropout)(x, deterministic=self.deterministic)
-            delta = jnp.dot(jnp.dot(h, a.value.astype(dtype)), b.value.astype(dtype))
-            y = y + (delta * self.lora.scaling).astype(y.dtype)
-        return y.reshape(*lead, self.features)
+            down = mixed_einsum("ti,ir->tr", h, a.value, dtype).astype(dtype)
+            y = y + mixed_einsum("tr,ro->to", down, b.value, dtype) * self.lora.scaling
+        return y.astype(_dt(self.out_dtype or self.dtype)).reshape(*lead, self.features)
 
 
 # Query rows per block of causal attention (see `attention`).
@@ -159,14 +161,14 @@ def _attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray
     g = h // kv
     qg = q.reshape(b, s, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * s, d)
     qk = "bkqd,bkdt->bkqt" if keys_last else "bkqd,bktd->bkqt"
-    logits = jnp.einsum(qk, qg, k).astype(jnp.float32) * scale
+    logits = mixed_einsum(qk, qg, k, q.dtype) * scale
     if mask is not None:
         mask = jnp.broadcast_to(mask, (mask.shape[0], s, t))
         mask = jnp.tile(mask, (1, g, 1))[:, None]
         logits = jnp.where(mask, logits, NEG_INF)
     probs = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
     total = jnp.sum(probs, axis=-1, keepdims=True)
-    out = jnp.einsum("bkqt,bktd->bkqd", probs.astype(v.dtype), v).astype(jnp.float32) / total
+    out = mixed_einsum("bkqt,bktd->bkqd", probs, v, v.dtype) / total
     return out.astype(q.dtype).reshape(b, kv, g, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)
 
 

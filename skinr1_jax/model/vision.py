@@ -13,6 +13,7 @@ import numpy as np
 
 from skinr1_jax.model.config import ModelConfig
 from skinr1_jax.model.layers import GatedMLP, Linear, RMSNorm, attention
+from skinr1_jax.model.matmul import mixed_einsum
 from skinr1_jax.model.rope import (GridTHW, apply_rotary, segment_ids, vision_cos_sin,
                                    vision_cu_seqlens, vision_position_ids, vision_window_index)
 
@@ -152,7 +153,7 @@ class VisionTower(nn.Module):
         kernel = self.param("patch_embed", nn.with_logical_partitioning(
             nn.initializers.normal(0.02), ("vision_patch", "vision_embed")),
             (v.patch_dim, v.hidden_size), jnp.dtype(c.param_dtype))
-        x = jnp.dot(pixel_values.astype(c.dtype), kernel.astype(c.dtype))
+        x = mixed_einsum("np,pd->nd", pixel_values, kernel, c.dtype).astype(c.dtype)
 
         window_index, cu_window = vision_window_index(grid_thw, v.spatial_merge_size,
                                                       v.window_size, v.patch_size)

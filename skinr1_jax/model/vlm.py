@@ -20,6 +20,7 @@ import numpy as np
 
 from skinr1_jax.model.config import ModelConfig, validate
 from skinr1_jax.model.layers import Linear, RMSNorm
+from skinr1_jax.model.matmul import mixed_einsum
 from skinr1_jax.model.rope import GridTHW, mrope_cos_sin
 from skinr1_jax.model.text import Cache, DecoderLayer, rows_at
 from skinr1_jax.model.vision import VisionTower
@@ -99,7 +100,7 @@ class Qwen2_5_VL(nn.Module):
         h, table, cache = LanguageModel(c, self.deterministic, name="language_model")(
             input_ids, features, position_ids, mask, cache, cache_index, logit_positions)
         if c.text.tie_word_embeddings:
-            logits = jnp.dot(h, table.astype(c.dtype).T, preferred_element_type=jnp.float32)
+            logits = mixed_einsum("bsd,vd->bsv", h, table, c.dtype)
         else:
             logits = Linear(c.text.vocab_size, ("embed", "vocab"), "lm_head", use_bias=False,
                             lora=c.lora, deterministic=self.deterministic, dtype=c.dtype,

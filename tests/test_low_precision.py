@@ -1,0 +1,103 @@
+"""Low-precision compute: bfloat16 products with float32 results and float32 parameter
+gradients (model.matmul.mixed_einsum), RMSNorm's scale gradient in float32, and float32
+compute left exactly as plain einsum."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from skinr1_jax.model.layers import RMSNorm
+from skinr1_jax.model.matmul import mixed_einsum
+
+BF16 = jnp.bfloat16
+
+
+def _rounded(x: jax.Array) -> jax.Array:
+    return x.astype(BF16).astype(jnp.float32)
+
+
+def _operands(shape_a, shape_b, seed=0):
+    rng = np.random.default_rng(seed)
+    return (jnp.asarray(rng.standard_normal(shape_a), jnp.float32),
+            jnp.asarray(rng.standard_normal(shape_b), jnp.float32))
+
+
+@pytest.mark.parametrize("spec,shape_a,shape_b", [
+    ("ti,io->to", (64, 48), (48, 80)),
+    ("bkqd,bktd->bkqt", (2, 3, 16, 8), (2, 3, 24, 8)),
+    ("bkqt,bktd->bkqd", (2, 3, 16, 24), (2, 3, 24, 8)),
+])
+def test_float32_is_plain_einsum(spec, shape_a, shape_b):
+    a, b = _operands(shape_a, shape_b)
+    cot = jnp.asarray(np.random.default_rng(1).standard_normal(jnp.einsum(spec, a, b).shape),
+                      jnp.float32)
+
+    def vjp(fn):
+        out, pull = jax.vjp(fn, a, b)
+        return (out, *pull(cot))
+
+    ours = jax.jit(lambda: vjp(lambda a, b: mixed_einsum(spec, a, b, "float32")))()
+    plain = jax.jit(lambda: vjp(lambda a, b: jnp.einsum(spec, a, b)))()
+    for x, y in zip(ours, plain):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("spec,shape_a,shape_b", [
+    ("ti,io->to", (64, 48), (48, 80)),
+    ("bkqd,bktd->bkqt", (2, 3, 16, 8), (2, 3, 24, 8)),
+    ("bkqt,bktd->bkqd", (2, 3, 16, 24), (2, 3, 24, 8)),
+])
+def test_bfloat16_products_return_float32_and_exact_gradients(spec, shape_a, shape_b):
+    """Value and both gradients equal float32 products of the bfloat16-rounded operands (and
+    cotangent); a bfloat16 activation's gradient comes back bfloat16, a float32 parameter's
+    float32 and not rounded to bfloat16."""
+    a, b = _operands(shape_a, shape_b)
+    a16 = a.astype(BF16)                     # an activation in the compute dtype
+    out, pull = jax.vjp(lambda a, b: mixed_einsum(spec, a, b, BF16), a16, b)
+    assert out.dtype == jnp.float32
+    ref_out = jnp.einsum(spec, _rounded(a), _rounded(b), precision="highest")
+    np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-5)
+
+    cot = jnp.asarray(np.random.default_rng(1).standard_normal(out.shape), jnp.float32)
+    da, db = pull(cot)
+    assert da.dtype == BF16 and db.dtype == jnp.float32
+    _, ref_pull = jax.vjp(lambda a, b: jnp.einsum(spec, a, b, precision="highest"),
+                          _rounded(a), _rounded(b))
+    ref_da, ref_db = ref_pull(_rounded(cot))
+    np.testing.assert_allclose(da.astype(jnp.float32), _rounded(ref_da), rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(db, ref_db, rtol=1e-5, atol=1e-5)
+    # A bfloat16 round trip would change almost every entry of a float32 gradient.
+    assert np.mean(np.asarray(db) != np.asarray(_rounded(db))) > 0.9
+
+
+@pytest.mark.parametrize("spec", ["ti,io", "ii,io->o", "ti,jo->to", "ab,bc,cd->ad"])
+def test_unsupported_spec_names_itself(spec):
+    a, b = _operands((4, 4), (4, 4))
+    with pytest.raises(ValueError, match="mixed_einsum: spec"):
+        mixed_einsum(spec, a, b, BF16)
+
+
+def test_rmsnorm_scale_gradient_is_float32_in_bfloat16_compute():
+    """The scale's gradient is a float32 sum over tokens of g * normalised x (each rounded to
+    bfloat16 only where the compute dtype holds them), not a bfloat16 one."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((256, 32)), BF16)
+    cot = jnp.asarray(rng.standard_normal((256, 32)), BF16)
+    norm = RMSNorm(1e-6, "embed", dtype="bfloat16", param_dtype="float32")
+    params = nn.unbox(norm.init(jax.random.key(0), x))
+    params = jax.tree.map(lambda p: p + jnp.asarray(rng.uniform(0.5, 1.5, p.shape), p.dtype),
+                          params)
+    out, pull = jax.vjp(lambda p: norm.apply(p, x), params)
+    assert out.dtype == BF16
+    (grad,) = pull(cot)
+    scale_grad = grad["params"]["scale"]
+    assert scale_grad.dtype == jnp.float32
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + 1e-6)
+    expected = jnp.sum(cot.astype(jnp.float32) * normed, axis=0)
+    np.testing.assert_allclose(scale_grad, expected, rtol=1e-5, atol=1e-4)
+    assert np.mean(np.asarray(scale_grad) != np.asarray(_rounded(scale_grad))) > 0.9
