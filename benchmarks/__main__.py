@@ -130,6 +130,12 @@ def _side_by_side(b: dict[str, Any]) -> list[str]:
                             "vs f32)", v["ours_bf16"], s["transformers"],
                             v["ours_bf16"]["tokens_per_s"] / s["transformers"]["tokens_per_s"],
                             None, "", v["ours_bf16"]["compile_s"], v["ours_bf16"]["mfu"]))
+        if "transformers_bf16" in v:
+            rows.append(row("same, both in bf16 compute: transformers under torch.autocast "
+                            f"(its first loss {s['torch_bf16_loss_delta']:+.2e} vs its f32)",
+                            v["ours_bf16"], v["transformers_bf16"],
+                            s["bf16_speedup_vs_torch_bf16"], None, "",
+                            v["ours_bf16"]["compile_s"], v["ours_bf16"]["mfu"]))
         if "torch_compile" in v:
             rows.append(row("same, against torch.compile (inductor) transformers", s["ours"],
                             v["torch_compile"], s["speedup_vs_torch_compile"], None,

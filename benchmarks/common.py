@@ -116,15 +116,17 @@ def _seconds(fn: Callable[[], Any]) -> float:
 
 def matmul_peak(dtypes: tuple[str, ...] = ("float32", "bfloat16"), n: int = 2048,
                 calls: int = 5) -> dict[str, float]:
-    """Measured XLA matmul FLOP/s of an n x n x n product per dtype (best of `calls`): the
-    machine's practical peak, now, under whatever load it has, for the MFU figures."""
+    """Measured XLA matmul FLOP/s of an n x n x n product per dtype (best of `calls`), with a
+    float32 result as the model's products have (model.matmul: a bf16 product returning bf16
+    runs at half the rate on XLA:CPU): the machine's practical peak, now, under whatever load
+    it has, for the MFU figures."""
     import jax
     import jax.numpy as jnp
 
     out = {}
     for dt in dtypes:
         a = jnp.ones((n, n), dt)
-        mm = jax.jit(lambda x: x @ x)
+        mm = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
         block(mm(a))
         out[dt] = 2 * n ** 3 / min(_seconds(lambda: block(mm(a))) for _ in range(calls))
     return out

@@ -13,14 +13,16 @@ OpenMP threads still spinning: measured 27 ms for ours alone, 33-36 ms strictly 
 Reported per side: each step's seconds and minor page faults, median / min / max, the compile
 time (first call minus the median), and MFU against the XLA matmul peak measured in the same
 run. Also: our step in bfloat16 compute (f32 parameters and optimizer) with its first-step loss
-difference from f32, and with --torch-compile transformers under torch.compile (inductor) as a
-second baseline (`python -m benchmarks --torch-compile`).
+difference from f32, against transformers in torch's mixed precision (torch.autocast bfloat16),
+and with --torch-compile transformers under torch.compile (inductor) as a second baseline
+(`python -m benchmarks --torch-compile`).
 Prints one JSON line; tokens/s counts every input token of the batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,11 +35,15 @@ IMAGE_SIDE = 8  # patches per image side: one 64-px image per row
 
 
 def torch_step(model: Any, batch: dict[str, Any], grid_thw: Any, lr: float,
-               device: Any = None, forward: Callable[..., Any] | None = None) -> Callable[[], float]:
+               device: Any = None, forward: Callable[..., Any] | None = None,
+               bf16: bool = False) -> Callable[[], float]:
     """transformers' training step on `batch`: forward with labels (the same token-mean
     cross-entropy over loss_mask targets), backward, grad clipping 1.0, AdamW. Returns the
     loss, read back to the host (so each call ends synchronised). `forward` replaces
-    model.__call__ (e.g. a torch.compile'd model)."""
+    model.__call__ (e.g. a torch.compile'd model); `bf16` runs the forward under
+    torch.autocast(bfloat16), torch's mixed precision (f32 weights and optimizer, as ours)."""
+    import contextlib
+
     import torch
 
     inputs = common.hf_inputs(batch, grid_thw, model.config.image_token_id, device)
@@ -50,7 +56,9 @@ def torch_step(model: Any, batch: dict[str, Any], grid_thw: Any, lr: float,
     def step() -> float:
         model.model.rope_deltas = None
         opt.zero_grad(set_to_none=True)
-        loss = forward(**inputs).loss
+        with (torch.autocast(inputs["input_ids"].device.type, dtype=torch.bfloat16) if bf16
+              else contextlib.nullcontext()):
+            loss = forward(**inputs).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -90,7 +98,7 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 9, vocab_size: i
         lr: float = 1e-4, hidden: int | None = None, variants: bool = True,
         torch_compile: bool = False, turn: int = 3) -> dict[str, Any]:
     """Ours against transformers, each timed in turns of `turn` back-to-back steps after an
-    untimed one (common.paired); with `variants`, also ours in bf16; with `torch_compile`,
+    untimed one (common.paired); with `variants`, also both in bf16; with `torch_compile`,
     transformers under torch.compile too (its compile alone takes minutes on 2 cores)."""
     import torch
 
@@ -103,11 +111,9 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 9, vocab_size: i
     if variants:
         fns["ours_bf16"], first_loss["ours_bf16"], first_s["ours_bf16"] = our_step(
             cfg.replace(dtype="bfloat16"), variables, batch, grid, lr)
-    # torch steps update their own copy of the weights; torch.compile gets a fresh copy.
-    compiled_model = None
-    if torch_compile:
-        import copy
-        compiled_model = copy.deepcopy(model)
+    compiled_model = copy.deepcopy(model) if torch_compile else None
+    # Each torch side updates its own copy of the weights.
+    bf16_model = copy.deepcopy(model) if variants else None
     theirs = torch_step(model, batch, grid, lr)
     fns["transformers"] = theirs
     # The first step's loss before the thread probe's steps update the weights: both sides
@@ -115,6 +121,11 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 9, vocab_size: i
     start = time.perf_counter()
     first_loss["transformers"] = theirs()
     first_s["transformers"] = time.perf_counter() - start
+    if variants:
+        fns["transformers_bf16"] = torch_step(bf16_model, batch, grid, lr, bf16=True)
+        start = time.perf_counter()
+        first_loss["transformers_bf16"] = fns["transformers_bf16"]()
+        first_s["transformers_bf16"] = time.perf_counter() - start
     threads = common.faster_torch_threads(theirs)
     errors = {}
     if torch_compile:
@@ -135,7 +146,7 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 9, vocab_size: i
         sides[name] = {**common.throughput(t, tokens, "tokens"),
                        "compile_s": first_s[name] - t["median_s"],
                        "first_loss": first_loss[name],
-                       "mfu": flops / t["median_s"] / peak["bfloat16" if name == "ours_bf16" else "float32"]}
+                       "mfu": flops / t["median_s"] / peak["bfloat16" if "bf16" in name else "float32"]}
     out = {
         "benchmark": "sft_step", "batch_size": batch_size, "seq_len": seq_len,
         "hidden": cfg.text.hidden_size, "image_grid_thw": list(grid[0]), "vocab_size": vocab_size,
@@ -150,6 +161,9 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 9, vocab_size: i
     out["first_loss_delta"] = out["ours"]["first_loss"] - out["transformers"]["first_loss"]
     if "ours_bf16" in sides:
         out["bf16_loss_delta"] = sides["ours_bf16"]["first_loss"] - out["ours"]["first_loss"]
+        bf = sides["transformers_bf16"]
+        out["bf16_speedup_vs_torch_bf16"] = sides["ours_bf16"]["tokens_per_s"] / bf["tokens_per_s"]
+        out["torch_bf16_loss_delta"] = bf["first_loss"] - out["transformers"]["first_loss"]
     if "torch_compile" in sides:
         out["speedup_vs_torch_compile"] = (out["ours"]["tokens_per_s"]
                                            / sides["torch_compile"]["tokens_per_s"])
