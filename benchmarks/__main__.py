@@ -169,7 +169,9 @@ def _side_by_side(b: dict[str, Any]) -> list[str]:
 
 
 def _sizes(z: dict[str, Any]) -> list[str]:
-    label = {"hidden": "SFT, hidden size", "seq": "SFT, sequence length",
+    label = {"hidden": "SFT, hidden size",
+             "hidden_bf16": "SFT in bf16 compute on both sides (torch.autocast), hidden size",
+             "seq": "SFT, sequence length",
              "batch": "SFT, batch size", "decode": "decode, batch size"}
     rows = ["One size changed from the headline shapes per row (3 interleaved calls per side).", "",
             "| row | ours tokens/s | transformers tokens/s | ratio | >= 1x |", "|---|---|---|---|---|"]

@@ -96,14 +96,19 @@ def our_step(cfg: Any, variables: Any, batch: dict[str, Any], grid: Any,
 
 def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 9, vocab_size: int = 2048,
         lr: float = 1e-4, hidden: int | None = None, variants: bool = True,
-        torch_compile: bool = False, turn: int = 3) -> dict[str, Any]:
+        torch_compile: bool = False, turn: int = 3, bf16: bool = False) -> dict[str, Any]:
     """Ours against transformers, each timed in turns of `turn` back-to-back steps after an
     untimed one (common.paired); with `variants`, also both in bf16; with `torch_compile`,
-    transformers under torch.compile too (its compile alone takes minutes on 2 cores)."""
+    transformers under torch.compile too (its compile alone takes minutes on 2 cores). `bf16`
+    makes the headline sides themselves bf16 compute (no variants then)."""
     import torch
 
+    if bf16 and (variants or torch_compile):
+        raise ValueError("sft_step.run: bf16 headline sides take no variants or torch.compile")
     cfg, variables, model = common.tiny_model_pair(
         vocab_size, **(sized_overrides(hidden) if hidden else {}))
+    if bf16:
+        cfg = cfg.replace(dtype="bfloat16")
     batch, grid = common.sft_batch(cfg, batch_size, seq_len, IMAGE_SIDE)
     tokens = batch_size * seq_len
     fns, first_loss, first_s = {}, {}, {}
@@ -114,7 +119,7 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 9, vocab_size: i
     compiled_model = copy.deepcopy(model) if torch_compile else None
     # Each torch side updates its own copy of the weights.
     bf16_model = copy.deepcopy(model) if variants else None
-    theirs = torch_step(model, batch, grid, lr)
+    theirs = torch_step(model, batch, grid, lr, bf16=bf16)
     fns["transformers"] = theirs
     # The first step's loss before the thread probe's steps update the weights: both sides
     # start from the same weights and batch, so it must equal ours (`first_loss_delta`).
@@ -146,10 +151,12 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 9, vocab_size: i
         sides[name] = {**common.throughput(t, tokens, "tokens"),
                        "compile_s": first_s[name] - t["median_s"],
                        "first_loss": first_loss[name],
-                       "mfu": flops / t["median_s"] / peak["bfloat16" if "bf16" in name else "float32"]}
+                       "mfu": flops / t["median_s"] / peak[
+                           "bfloat16" if bf16 or "bf16" in name else "float32"]}
     out = {
         "benchmark": "sft_step", "batch_size": batch_size, "seq_len": seq_len,
         "hidden": cfg.text.hidden_size, "image_grid_thw": list(grid[0]), "vocab_size": vocab_size,
+        "compute_dtype": cfg.dtype,
         "params": int(sum(x.size for x in jax.tree.leaves(variables))),
         "ours": sides.pop("ours"), "transformers": sides.pop("transformers"),
         "variants": sides, "errors": errors, "model_flops_per_step": flops,

@@ -17,6 +17,7 @@ from benchmarks import common, decode, sft_step
 
 SWEEPS: dict[str, tuple[int, ...]] = {
     "hidden": (64, 256, 512, 1024),   # SFT, batch 8 x 128
+    "hidden_bf16": (512, 1024),       # the same, both sides in bf16 compute (torch.autocast)
     "seq": (256, 512, 1024),          # SFT, batch 8, hidden 128
     "batch": (1, 16, 32),             # SFT, 128 tokens, hidden 128
     "decode": (1, 16, 32),            # decode batch, 64 new tokens
@@ -24,8 +25,8 @@ SWEEPS: dict[str, tuple[int, ...]] = {
 
 
 def _sft_row(kind: str, value: int, repeats: int) -> dict[str, Any]:
-    kw = {"hidden": dict(hidden=value), "seq": dict(seq_len=value),
-          "batch": dict(batch_size=value)}[kind]
+    kw = {"hidden": dict(hidden=value), "hidden_bf16": dict(hidden=value, bf16=True),
+          "seq": dict(seq_len=value), "batch": dict(batch_size=value)}[kind]
     r = sft_step.run(repeats=repeats, variants=False, **kw)
     return {"sweep": kind, "value": value, "ours": r["ours"], "transformers": r["transformers"],
             "speedup": r["speedup"], "torch_threads": r["torch_threads"]["threads"],
