@@ -163,7 +163,10 @@ def model_grid(image: np.ndarray | PIL.Image.Image, cfg: ModelConfig,
     """The grid_thw `preprocess_for_model` gives `image`, from its size alone (no resampling):
     what a sequence length needs."""
     v = cfg.vision
-    h, w = _as_rgb_array(image).shape[:2]
+    if isinstance(image, PIL.Image.Image):
+        h, w = image.height, image.width   # no RGB conversion just to read the size
+    else:
+        h, w = _as_rgb_array(image).shape[:2]
     th, tw = smart_resize(h, w, v.patch_size * v.spatial_merge_size, min_pixels, max_pixels)
     return 1, th // v.patch_size, tw // v.patch_size
 
