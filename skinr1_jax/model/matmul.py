@@ -30,11 +30,12 @@ def mixed_einsum(spec: str, a: jnp.ndarray, b: jnp.ndarray, dtype: str | jnp.dty
     dtype = jnp.dtype(dtype)
     if dtype == jnp.float32:
         return jnp.einsum(spec, a.astype(dtype), b.astype(dtype))
-    _check_spec(spec)
+    _subscripts(spec)   # checked before tracing, so a bad spec fails here, naming itself
     return _low_precision_einsum(spec, dtype, a, b)
 
 
-def _check_spec(spec: str) -> None:
+def _subscripts(spec: str) -> tuple[str, str, str]:
+    """(A, B, C) of "A,B->C", checked to be a product whose operand gradients are products."""
     try:
         ins, out = spec.replace(" ", "").split("->")
         sa, sb = ins.split(",")
@@ -45,6 +46,7 @@ def _check_spec(spec: str) -> None:
         if lost or len(set(own)) != len(own):
             raise ValueError(f"mixed_einsum: spec {spec!r}: operand {own!r} has an index "
                              f"summed on its own or repeated ({sorted(lost) or own})")
+    return sa, sb, out
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -59,8 +61,7 @@ def _forward(spec: str, dtype: jnp.dtype, a: jnp.ndarray, b: jnp.ndarray):
 
 def _backward(spec: str, dtype: jnp.dtype, residuals, g: jnp.ndarray):
     a, b = residuals
-    ins, out = spec.replace(" ", "").split("->")
-    sa, sb = ins.split(",")
+    sa, sb, out = _subscripts(spec)
     g = g.astype(dtype)
     da = jnp.einsum(f"{out},{sb}->{sa}", g, b.astype(dtype), preferred_element_type=jnp.float32)
     db = jnp.einsum(f"{sa},{out}->{sb}", a.astype(dtype), g, preferred_element_type=jnp.float32)
