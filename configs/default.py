@@ -22,6 +22,9 @@ def get_config() -> ConfigDict:
         adapter_dir="",         # local PEFT LoRA folder applied on top of hf_dir
         dtype="float32",        # compute dtype
         param_dtype="float32",  # master parameter dtype
+        # Operand dtype of the matrix products; "" = dtype. "bfloat16" with dtype "float32":
+        # bf16 products, f32 activations (torch.autocast's split; the fastest on CPU).
+        matmul_dtype="",
         remat=False,
         vocab_size=2048,        # embedded tokenizer size (tiny model only)
         # Embedded tokenizer: option labels `A:`..`Z:` as single tokens, so that a small model can

@@ -22,6 +22,7 @@ _CHOICES = {
     "model.name": ("tiny", "qwen2_5_vl_3b", "qwen2_5_vl_7b", "hf"),
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
+    "model.matmul_dtype": ("", "float32", "bfloat16"),
     "data.subset": ("default", "full"),
     "data.class_balance": ("balanced", "fitzpatrick"),
     "data.on_bad_image": ("fail", "skip"),

@@ -1,6 +1,6 @@
 """Low-precision compute: bfloat16 products with float32 results and float32 parameter
-gradients (model.matmul.mixed_einsum), RMSNorm's scale gradient in float32, and float32
-compute left exactly as plain einsum."""
+gradients (model.matmul.mixed_einsum), RMSNorm's scale gradient in float32, float32 compute
+left exactly as plain einsum, and `matmul_dtype` (bfloat16 products, float32 activations)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from skinr1_jax.model.layers import RMSNorm
+from skinr1_jax.model import forward, init_variables, tiny_config
+from skinr1_jax.model.config import validate
+from skinr1_jax.model.convert import random_batch
+from skinr1_jax.model.layers import Linear, RMSNorm, attention
 from skinr1_jax.model.matmul import mixed_einsum
 
 BF16 = jnp.bfloat16
@@ -101,3 +104,54 @@ def test_rmsnorm_scale_gradient_is_float32_in_bfloat16_compute():
     expected = jnp.sum(cot.astype(jnp.float32) * normed, axis=0)
     np.testing.assert_allclose(scale_grad, expected, rtol=1e-5, atol=1e-4)
     assert np.mean(np.asarray(scale_grad) != np.asarray(_rounded(scale_grad))) > 0.9
+
+
+def test_linear_with_bfloat16_products_keeps_float32_activations():
+    """matmul_dtype="bfloat16", dtype="float32": the product of the rounded input and kernel,
+    returned (and its input gradient) in float32."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((16, 24)), jnp.float32)
+    lin = Linear(32, ("embed", "mlp"), "model.language_model.layers.0.mlp.up_proj",
+                 use_bias=False, matmul_dtype="bfloat16")
+    params = nn.unbox(lin.init(jax.random.key(0), x))
+    params = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
+    out, pull = jax.vjp(lambda x: lin.apply(params, x), x)
+    assert out.dtype == jnp.float32
+    kernel = params["params"]["kernel"]
+    np.testing.assert_allclose(out, _rounded(x) @ _rounded(kernel), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(out, jnp.dot(x, kernel, precision="highest"), rtol=1e-5, atol=1e-5)
+    (dx,) = pull(jnp.ones_like(out))
+    assert dx.dtype == jnp.float32
+
+
+def test_attention_with_bfloat16_products():
+    """Both attention products take bfloat16 operands (scores from rounded q, k; values from
+    rounded probabilities and v), softmax and output stay float32."""
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.standard_normal((1, 6, 2, 8)), jnp.float32)
+    k, v = (jnp.asarray(rng.standard_normal((1, 1, 6, 8)), jnp.float32) for _ in range(2))
+    out = attention(q, k, v, None, 0.35, matmul_dtype="bfloat16")
+    assert out.dtype == jnp.float32
+    logits = np.einsum("bshd,bktd->bhst", _rounded(q), _rounded(k)) * 0.35
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    ref = np.einsum("bhst,bktd->bshd", _rounded(jnp.asarray(probs, jnp.float32)), _rounded(v))
+    ref = ref / probs.sum(-1)[..., None].transpose(0, 2, 1, 3)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_model_with_bfloat16_products_stays_close_to_float32():
+    cfg = tiny_config(vocab_size=64)
+    grid = ((1, 4, 4),)
+    batch = random_batch(cfg, grid, seed=0)
+    variables = init_variables(cfg, jax.random.key(0))
+    f32, _ = forward(cfg, variables, batch, grid_thw=grid)
+    mixed, _ = forward(cfg.replace(matmul_dtype="bfloat16"), variables, batch, grid_thw=grid)
+    assert mixed.dtype == jnp.float32
+    diff = float(jnp.max(jnp.abs(mixed - f32)))
+    assert 0 < diff < 2e-2 * float(jnp.max(jnp.abs(f32)))
+
+
+@pytest.mark.parametrize("bad", ["float16", "bf16"])
+def test_bad_matmul_dtype_names_itself(bad):
+    with pytest.raises(ValueError, match="matmul_dtype"):
+        validate(tiny_config().replace(matmul_dtype=bad))

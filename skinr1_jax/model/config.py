@@ -96,10 +96,18 @@ class ModelConfig:
     video_token_id: int = 151656
     vision_start_token_id: int = 151652
     vision_end_token_id: int = 151653
-    dtype: str = "float32"        # compute dtype
+    dtype: str = "float32"        # compute dtype: activations, norms, softmax, residual stream
     param_dtype: str = "float32"  # parameter dtype
+    # Operand dtype of every matrix product (None: `dtype`). "bfloat16" with dtype "float32"
+    # is mixed precision as torch.autocast does it: bf16 products, f32 everything else.
+    matmul_dtype: str | None = None
     remat: bool = False
     lora: LoraConfig = LoraConfig()
+
+    @property
+    def product_dtype(self) -> str:
+        """The dtype matrix products take their operands in."""
+        return self.matmul_dtype or self.dtype
 
     def replace(self, **changes: Any) -> ModelConfig:
         return _replace_nested(self, changes)
@@ -301,6 +309,8 @@ def validate(cfg: ModelConfig) -> None:
         raise ValueError(f"vision.out_hidden_size={v.out_hidden_size} != text.hidden_size={t.hidden_size}")
     if cfg.dtype not in ("float32", "bfloat16") or cfg.param_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype={cfg.dtype!r} / param_dtype={cfg.param_dtype!r}: use float32 or bfloat16")
+    if cfg.matmul_dtype not in (None, "float32", "bfloat16"):
+        raise ValueError(f"matmul_dtype={cfg.matmul_dtype!r}: use None, float32 or bfloat16")
 
 
 def config_to_dict(cfg: ModelConfig) -> dict[str, Any]:

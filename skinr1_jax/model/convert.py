@@ -126,7 +126,7 @@ def _verify(hf_dir: str | Path, cfg: ModelConfig, variables: Variables,
     grid = ((1, 2 * m, 3 * m),)
     batch = random_batch(cfg.replace(dtype="float32", param_dtype="float32"), grid, seed=0)
     variables = {"params": merge_lora(cfg, variables)}
-    cfg32 = cfg.replace(dtype="float32", param_dtype="float32", lora={"rank": 0})
+    cfg32 = cfg.replace(dtype="float32", param_dtype="float32", matmul_dtype=None, lora={"rank": 0})
     variables = jax.tree.map(lambda x: np.asarray(x, np.float32), variables)
     with jax.default_matmul_precision("highest"):
         return max_abs_logit_diff(cfg32, variables, model, batch)

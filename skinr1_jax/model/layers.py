@@ -83,17 +83,19 @@ class Linear(nn.Module):
     dtype: str = "float32"
     param_dtype: str = "float32"
     out_dtype: str | None = None  # e.g. float32 logits from bf16 inputs (f32 accumulation)
+    matmul_dtype: str | None = None  # operand dtype of the products (None: dtype)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         dtype, pdtype = _dt(self.dtype), _dt(self.param_dtype)
+        mdtype = _dt(self.matmul_dtype or self.dtype)
         in_features = x.shape[-1]
         kernel = self.param("kernel", nn.with_logical_partitioning(
             nn.initializers.normal(0.02), self.axes), (in_features, self.features), pdtype)
         # Matmuls on 2-D [tokens, features]: XLA:CPU's gradient of the 3-D form is ~3x slower.
         lead = x.shape[:-1]
         x = x.astype(dtype).reshape(-1, in_features)
-        y = mixed_einsum("ti,io->to", x, kernel, dtype)
+        y = mixed_einsum("ti,io->to", x, kernel, mdtype)
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axes[1],)),
                               (self.features,), pdtype)
@@ -107,8 +109,8 @@ class Linear(nn.Module):
                 nn.initializers.zeros, ("lora_rank", self.axes[1]))(
                     self.make_rng("params"), (r, self.features), pdtype))
             h = nn.Dropout(self.lora.dropout)(x, deterministic=self.deterministic)
-            down = mixed_einsum("ti,ir->tr", h, a.value, dtype).astype(dtype)
-            y = y + mixed_einsum("tr,ro->to", down, b.value, dtype) * self.lora.scaling
+            down = mixed_einsum("ti,ir->tr", h, a.value, mdtype).astype(dtype)
+            y = y + mixed_einsum("tr,ro->to", down, b.value, mdtype) * self.lora.scaling
         return y.astype(_dt(self.out_dtype or self.dtype)).reshape(*lead, self.features)
 
 
@@ -117,8 +119,10 @@ CAUSAL_BLOCK = 128
 
 
 def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray | None,
-              scale: float, causal: bool = False, keys_last: bool = False) -> jnp.ndarray:
-    """Grouped-query softmax attention with fp32 softmax.
+              scale: float, causal: bool = False, keys_last: bool = False,
+              matmul_dtype: str | None = None) -> jnp.ndarray:
+    """Grouped-query softmax attention with fp32 softmax; both products take their operands
+    in `matmul_dtype` (None: q's dtype).
 
     q [B, S, H, D]; k, v [B, KV, T, D] (heads-major, H a multiple of KV), or with `keys_last`
     k [B, KV, D, T] (the KV cache's layout); mask bool [B, S, T] (or broadcastable to it), or
@@ -133,7 +137,7 @@ def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray 
     """
     s, t = q.shape[1], v.shape[2]
     if not causal or s <= CAUSAL_BLOCK:
-        return _attention(q, k, v, mask, scale, keys_last)
+        return _attention(q, k, v, mask, scale, keys_last, matmul_dtype)
     if keys_last:
         raise ValueError("causal (blocked) attention takes k as [B, KV, T, D]")
     if s != t:
@@ -144,12 +148,14 @@ def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray 
     for start in range(0, s, CAUSAL_BLOCK):
         end = min(start + CAUSAL_BLOCK, s)
         outs.append(_attention(q[:, start:end], k[:, :, :end], v[:, :, :end],
-                               None if mask is None else mask[:, start:end, :end], scale))
+                               None if mask is None else mask[:, start:end, :end], scale,
+                               matmul_dtype=matmul_dtype))
     return jnp.concatenate(outs, axis=1)
 
 
 def _attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray | None,
-               scale: float, keys_last: bool = False) -> jnp.ndarray:
+               scale: float, keys_last: bool = False,
+               matmul_dtype: str | None = None) -> jnp.ndarray:
     """`attention` over all T keys at once.
 
     The G = H / KV query heads of a group are stacked along the query axis, so both products
@@ -161,14 +167,15 @@ def _attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray
     g = h // kv
     qg = q.reshape(b, s, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * s, d)
     qk = "bkqd,bkdt->bkqt" if keys_last else "bkqd,bktd->bkqt"
-    logits = mixed_einsum(qk, qg, k, q.dtype) * scale
+    mdtype = matmul_dtype or q.dtype
+    logits = mixed_einsum(qk, qg, k, mdtype) * scale
     if mask is not None:
         mask = jnp.broadcast_to(mask, (mask.shape[0], s, t))
         mask = jnp.tile(mask, (1, g, 1))[:, None]
         logits = jnp.where(mask, logits, NEG_INF)
     probs = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
     total = jnp.sum(probs, axis=-1, keepdims=True)
-    out = mixed_einsum("bkqt,bktd->bkqd", probs, v, v.dtype) / total
+    out = mixed_einsum("bkqt,bktd->bkqd", probs, v, mdtype) / total
     return out.astype(q.dtype).reshape(b, kv, g, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)
 
 
@@ -184,12 +191,14 @@ class GatedMLP(nn.Module):
     deterministic: bool = True
     dtype: str = "float32"
     param_dtype: str = "float32"
+    matmul_dtype: str | None = None
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         def lin(name: str, features: int, axes: tuple[str, str]) -> Linear:
             return Linear(features, axes, f"{self.prefix}.{name}", self.use_bias, self.lora,
-                          self.deterministic, self.dtype, self.param_dtype, name=name)
+                          self.deterministic, self.dtype, self.param_dtype,
+                          matmul_dtype=self.matmul_dtype, name=name)
 
         model_ax, mlp_ax = self.axes
         gate = lin("gate_proj", self.intermediate, (model_ax, mlp_ax))(x)

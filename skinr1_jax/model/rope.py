@@ -33,22 +33,23 @@ def mrope_cos_sin(position_ids: jnp.ndarray, head_dim: int, theta: float,
                   mrope_section: Sequence[int]) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Multimodal rotary tables. position_ids i32[3, B, S] (temporal, height, width) ->
     cos, sin f32[B, S, head_dim]: frequency chunk i of `mrope_section` takes axis i % 3."""
+    half = head_dim // 2
     inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
     bounds = np.cumsum([0, *mrope_section])
-    axis = np.zeros(head_dim // 2, np.int32)  # which position axis drives frequency j
-    for i in range(len(mrope_section)):
-        axis[bounds[i]:bounds[i + 1]] = i % 3
-    axis = np.concatenate([axis, axis])
-    freqs = position_ids.astype(jnp.float32)[..., None] * jnp.asarray(np.tile(inv_freq, 2))
-    # cos / sin of all three axes [3, B, S, D], then each frequency's axis picked by an exact
-    # one-hot product. The product is what matters: XLA:CPU fuses elementwise producers into
-    # every consumer (an optimization_barrier is removed before fusion), so cos / sin picked
+    pos = position_ids.astype(jnp.float32)
+    angles = jnp.concatenate([pos[i % 3][..., None] * jnp.asarray(inv_freq[lo:hi])
+                              for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))],
+                             axis=-1)                                  # [B, S, head_dim / 2]
+    # cos / sin once per distinct frequency, copied to both halves by an exact one-hot
+    # product. The product is what matters: XLA:CPU fuses elementwise producers into every
+    # consumer (an optimization_barrier is removed before fusion), so tables built
     # elementwise were recomputed per head in each rotary use, forward and backward (74 trig
-    # loops; 0.9 ms of the tiny SFT step's 50 ms on one core). A dot's operands and result
-    # are materialized, so each table is computed once.
-    pick = jnp.asarray(np.eye(3, dtype=np.float32)[axis])           # [D, 3] one-hot
+    # loops; 0.9 ms of the tiny SFT step's 50 ms on one core). A dot's result is materialized,
+    # and a 2-D one is token-major, the layout every rotary use reads.
+    dup = jnp.asarray(np.concatenate([np.eye(half, dtype=np.float32)] * 2, axis=1))
     def table(f):
-        return jnp.einsum("absd,da->bsd", f(freqs), pick, precision=jax.lax.Precision.HIGHEST)
+        return jnp.dot(f(angles).reshape(-1, half), dup, precision=jax.lax.Precision.HIGHEST
+                       ).reshape(*angles.shape[:-1], head_dim)
     return table(jnp.cos), table(jnp.sin)
 
 

@@ -25,7 +25,7 @@ def rows_at(x: jnp.ndarray, positions: jnp.ndarray) -> jnp.ndarray:
 
 def _linear_kw(cfg: ModelConfig, deterministic: bool) -> dict:
     return dict(lora=cfg.lora, deterministic=deterministic, dtype=cfg.dtype,
-                param_dtype=cfg.param_dtype)
+                param_dtype=cfg.param_dtype, matmul_dtype=cfg.matmul_dtype)
 
 
 class SelfAttention(nn.Module):
@@ -68,7 +68,8 @@ class SelfAttention(nn.Module):
             v = cache["v"][i].astype(q.dtype)
         # Without a cache the mask is causal over the S tokens themselves: blocked attention.
         out = attention(q, k, v, mask, hd ** -0.5, causal=cache is None and queries is None,
-                        keys_last=keys_last).reshape(b, q.shape[1], nh * hd)
+                        keys_last=keys_last, matmul_dtype=self.cfg.matmul_dtype
+                        ).reshape(b, q.shape[1], nh * hd)
         out = Linear(t.hidden_size, ("heads", "embed"), f"{prefix}.o_proj", use_bias=False,
                      name="o_proj", **kw)(out)
         return out, cache

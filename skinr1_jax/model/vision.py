@@ -50,7 +50,7 @@ def segment_blocks(cu_seqlens: np.ndarray) -> SegmentBlocks:
 
 
 def block_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, blocks: SegmentBlocks,
-                    scale: float) -> jnp.ndarray:
+                    scale: float, matmul_dtype: str | None = None) -> jnp.ndarray:
     """Attention of q, k, v [N, H, D] within each segment of `blocks` -> [N, H, D]."""
     def grid(x: jnp.ndarray) -> jnp.ndarray:
         if blocks.gather is not None:
@@ -59,14 +59,15 @@ def block_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, blocks: Segm
 
     mask = None if blocks.valid is None else jnp.asarray(blocks.valid)[:, None, :]
     heads_major = lambda x: grid(x).transpose(0, 2, 1, 3)
-    out = attention(grid(q), heads_major(k), heads_major(v), mask, scale)
+    out = attention(grid(q), heads_major(k), heads_major(v), mask, scale,
+                    matmul_dtype=matmul_dtype)
     out = out.reshape(blocks.num * blocks.length, *out.shape[2:])
     return out if blocks.scatter is None else out[blocks.scatter]
 
 
 def _linear_kw(cfg: ModelConfig, deterministic: bool) -> dict:
     return dict(lora=cfg.lora, deterministic=deterministic, dtype=cfg.dtype,
-                param_dtype=cfg.param_dtype)
+                param_dtype=cfg.param_dtype, matmul_dtype=cfg.matmul_dtype)
 
 
 def _norm(cfg: ModelConfig, name: str) -> RMSNorm:
@@ -89,10 +90,10 @@ class VisionAttention(nn.Module):
         q, k, val = jnp.moveaxis(qkv.reshape(n, 3, v.num_heads, v.head_dim), 1, 0)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if isinstance(mask, SegmentBlocks):
-            out = block_attention(q, k, val, mask, v.head_dim ** -0.5)
+            out = block_attention(q, k, val, mask, v.head_dim ** -0.5, self.cfg.matmul_dtype)
         else:
             out = attention(q[None], k.transpose(1, 0, 2)[None], val.transpose(1, 0, 2)[None],
-                            mask[None], v.head_dim ** -0.5)[0]
+                            mask[None], v.head_dim ** -0.5, matmul_dtype=self.cfg.matmul_dtype)[0]
         return Linear(v.hidden_size, ("vision_heads", "vision_embed"), f"{self.prefix}.proj",
                       name="proj", **kw)(out.reshape(n, v.hidden_size))
 
@@ -153,7 +154,7 @@ class VisionTower(nn.Module):
         kernel = self.param("patch_embed", nn.with_logical_partitioning(
             nn.initializers.normal(0.02), ("vision_patch", "vision_embed")),
             (v.patch_dim, v.hidden_size), jnp.dtype(c.param_dtype))
-        x = mixed_einsum("np,pd->nd", pixel_values, kernel, c.dtype).astype(c.dtype)
+        x = mixed_einsum("np,pd->nd", pixel_values, kernel, c.product_dtype).astype(c.dtype)
 
         window_index, cu_window = vision_window_index(grid_thw, v.spatial_merge_size,
                                                       v.window_size, v.patch_size)

@@ -100,11 +100,12 @@ class Qwen2_5_VL(nn.Module):
         h, table, cache = LanguageModel(c, self.deterministic, name="language_model")(
             input_ids, features, position_ids, mask, cache, cache_index, logit_positions)
         if c.text.tie_word_embeddings:
-            logits = mixed_einsum("bsd,vd->bsv", h, table, c.dtype)
+            logits = mixed_einsum("bsd,vd->bsv", h, table, c.product_dtype)
         else:
             logits = Linear(c.text.vocab_size, ("embed", "vocab"), "lm_head", use_bias=False,
                             lora=c.lora, deterministic=self.deterministic, dtype=c.dtype,
-                            param_dtype=c.param_dtype, out_dtype="float32", name="lm_head")(h)
+                            param_dtype=c.param_dtype, out_dtype="float32",
+                            matmul_dtype=c.matmul_dtype, name="lm_head")(h)
         return logits.astype(jnp.float32), cache
 
 

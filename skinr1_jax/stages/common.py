@@ -144,6 +144,7 @@ def model_config(config: ConfigDict, tokenizer) -> Any:
                          target_modules=tuple(config.model.lora.target_modules),
                          include_vision_blocks=bool(config.model.lora.include_vision_blocks))
     common = dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+                  matmul_dtype=config.model.matmul_dtype or None,
                   remat=bool(config.model.remat), lora=lora)
     name = config.model.name
     if name == "tiny":

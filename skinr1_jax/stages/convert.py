@@ -54,7 +54,8 @@ def command(config: ConfigDict, flags: Any) -> int:
     except (OSError, ValueError) as e:  # hf_io / peft_io CheckpointError are ValueErrors
         return _error(str(e))
     # Stored in the config's dtypes; verification below always uses the fp32 import.
-    saved_cfg = cfg.replace(dtype=config.model.dtype, param_dtype=config.model.param_dtype)
+    saved_cfg = cfg.replace(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+                            matmul_dtype=config.model.matmul_dtype or None)
     dtype = jnp.dtype(saved_cfg.param_dtype)
     params = jax.tree.map(lambda x: jnp.asarray(x, dtype), variables["params"])
     save_model(out, saved_cfg, {"params": params}, tokenizer)
