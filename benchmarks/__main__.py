@@ -126,8 +126,8 @@ def _side_by_side(b: dict[str, Any]) -> list[str]:
                         _threads(s), s["ours"]["compile_s"], s["ours"]["mfu"]))
         v = s.get("variants", {})
         if "ours_bf16" in v:
-            rows.append(row(f"same, ours in bf16 compute (first loss {s['bf16_loss_delta']:+.2e} "
-                            "vs f32)", v["ours_bf16"], s["transformers"],
+            rows.append(row("same, ours with bf16 products and f32 activations (model.matmul_dtype;"
+                            f" first loss {s['bf16_loss_delta']:+.2e} vs f32)", v["ours_bf16"], s["transformers"],
                             v["ours_bf16"]["tokens_per_s"] / s["transformers"]["tokens_per_s"],
                             None, "", v["ours_bf16"]["compile_s"], v["ours_bf16"]["mfu"]))
         if "transformers_bf16" in v:

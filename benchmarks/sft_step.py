@@ -12,8 +12,9 @@ step right after the other side's runs on caches that side evicted, and next to 
 OpenMP threads still spinning: measured 27 ms for ours alone, 33-36 ms strictly alternated).
 Reported per side: each step's seconds and minor page faults, median / min / max, the compile
 time (first call minus the median), and MFU against the XLA matmul peak measured in the same
-run. Also: our step in bfloat16 compute (f32 parameters and optimizer) with its first-step loss
-difference from f32, against transformers in torch's mixed precision (torch.autocast bfloat16),
+run. Also: our step with bfloat16 products (model.matmul_dtype; f32 activations, parameters and
+optimizer) with its first-step loss difference from f32, against transformers in torch's mixed
+precision (torch.autocast bfloat16, which also runs the products in bf16),
 and with --torch-compile transformers under torch.compile (inductor) as a second baseline
 (`python -m benchmarks --torch-compile`).
 Prints one JSON line; tokens/s counts every input token of the batch.
@@ -100,7 +101,7 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 9, vocab_size: i
     """Ours against transformers, each timed in turns of `turn` back-to-back steps after an
     untimed one (common.paired); with `variants`, also both in bf16; with `torch_compile`,
     transformers under torch.compile too (its compile alone takes minutes on 2 cores). `bf16`
-    makes the headline sides themselves bf16 compute (no variants then)."""
+    makes the headline sides themselves bf16 products (no variants then)."""
     import torch
 
     if bf16 and (variants or torch_compile):
@@ -108,14 +109,14 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 9, vocab_size: i
     cfg, variables, model = common.tiny_model_pair(
         vocab_size, **(sized_overrides(hidden) if hidden else {}))
     if bf16:
-        cfg = cfg.replace(dtype="bfloat16")
+        cfg = cfg.replace(matmul_dtype="bfloat16")
     batch, grid = common.sft_batch(cfg, batch_size, seq_len, IMAGE_SIDE)
     tokens = batch_size * seq_len
     fns, first_loss, first_s = {}, {}, {}
     fns["ours"], first_loss["ours"], first_s["ours"] = our_step(cfg, variables, batch, grid, lr)
     if variants:
         fns["ours_bf16"], first_loss["ours_bf16"], first_s["ours_bf16"] = our_step(
-            cfg.replace(dtype="bfloat16"), variables, batch, grid, lr)
+            cfg.replace(matmul_dtype="bfloat16"), variables, batch, grid, lr)
     compiled_model = copy.deepcopy(model) if torch_compile else None
     # Each torch side updates its own copy of the weights.
     bf16_model = copy.deepcopy(model) if variants else None
@@ -156,7 +157,7 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 9, vocab_size: i
     out = {
         "benchmark": "sft_step", "batch_size": batch_size, "seq_len": seq_len,
         "hidden": cfg.text.hidden_size, "image_grid_thw": list(grid[0]), "vocab_size": vocab_size,
-        "compute_dtype": cfg.dtype,
+        "compute_dtype": cfg.dtype, "matmul_dtype": cfg.product_dtype,
         "params": int(sum(x.size for x in jax.tree.leaves(variables))),
         "ours": sides.pop("ours"), "transformers": sides.pop("transformers"),
         "variants": sides, "errors": errors, "model_flops_per_step": flops,
