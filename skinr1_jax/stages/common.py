@@ -135,6 +135,12 @@ def load_tokenizer(config: ConfigDict, workdir: Path):
     return _load(folder)
 
 
+def model_dtypes(config: ConfigDict) -> dict[str, Any]:
+    """ModelConfig's dtype fields from `config.model` ("" matmul_dtype: the compute dtype)."""
+    return dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+                matmul_dtype=config.model.matmul_dtype or None)
+
+
 def model_config(config: ConfigDict, tokenizer) -> Any:
     """The ModelConfig of `config.model`, with special-token ids taken from the tokenizer."""
     from skinr1_jax.model import config as mc
@@ -143,9 +149,7 @@ def model_config(config: ConfigDict, tokenizer) -> Any:
                          dropout=float(config.model.lora.dropout),
                          target_modules=tuple(config.model.lora.target_modules),
                          include_vision_blocks=bool(config.model.lora.include_vision_blocks))
-    common = dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                  matmul_dtype=config.model.matmul_dtype or None,
-                  remat=bool(config.model.remat), lora=lora)
+    common = dict(**model_dtypes(config), remat=bool(config.model.remat), lora=lora)
     name = config.model.name
     if name == "tiny":
         return mc.tiny_config(vocab_size=tokenizer.vocab_size,

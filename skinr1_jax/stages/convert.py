@@ -15,6 +15,8 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
+from skinr1_jax.stages.common import model_dtypes
+
 TOLERANCE = 1e-4
 
 
@@ -54,8 +56,7 @@ def command(config: ConfigDict, flags: Any) -> int:
     except (OSError, ValueError) as e:  # hf_io / peft_io CheckpointError are ValueErrors
         return _error(str(e))
     # Stored in the config's dtypes; verification below always uses the fp32 import.
-    saved_cfg = cfg.replace(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                            matmul_dtype=config.model.matmul_dtype or None)
+    saved_cfg = cfg.replace(**model_dtypes(config))
     dtype = jnp.dtype(saved_cfg.param_dtype)
     params = jax.tree.map(lambda x: jnp.asarray(x, dtype), variables["params"])
     save_model(out, saved_cfg, {"params": params}, tokenizer)
