@@ -281,10 +281,11 @@ def train_step(cfg: Any, variables: Any, image_grid: tuple[int, int, int], mesh:
     import jax
 
     from skinr1_jax.model import abstract_variables, init_variables
-    from skinr1_jax.train import optim, state as st, step as stp
+    from skinr1_jax.train import optim, sharding as shd, state as st, step as stp
 
+    # As `python -m launch` builds it (sft.fused_optimizer): fused where the mesh allows.
     opt = optim.make_optimizer(lr, total_steps=1000, warmup_ratio=0.0, weight_decay=0.01,
-                               grad_clip=1.0)
+                               grad_clip=1.0, fused=shd.replicates_parameters(mesh))
     if variables is None:
         state, shardings = st.create_train_state(lambda r: init_variables(cfg, r), opt, mesh,
                                                  jax.random.PRNGKey(0), lora=False)

@@ -37,3 +37,12 @@ def test_settings_outside_the_stage_may_change():
     now.rl.learning_rate = 1.0    # RL settings do not shape the SFT stage
     check_resumable("sft", saved.to_json(), now, Path("ck"))
     check_resumable("pretrain", saved.to_json(), now, Path("ck"))
+
+
+def test_changed_optimizer_implementation_is_named():
+    """sft.fused_optimizer changes the optimizer state's layout: the refusal names it (checked
+    before the state is restored, see loop.train)."""
+    saved, now = get_config(), get_config()
+    now.sft.fused_optimizer = not saved.sft.fused_optimizer
+    with pytest.raises(ConfigError, match=r"sft\.fused_optimizer: True -> False"):
+        check_resumable("sft", saved.to_json(), now, Path("ck"))

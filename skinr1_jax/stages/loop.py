@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
@@ -67,6 +68,39 @@ def apply_fn_for(model_cfg: Any, grid: tuple[int, int, int] | None) -> Callable:
     return apply_fn
 
 
+def make_optimizer(config: ConfigDict, mesh: Any, learning_rate: float, total_steps: int,
+                   warmup_ratio: float, fused: bool | None = None) -> Any:
+    """Both stages' optimizer from config.sft's settings: fused (one flat AdamW) when
+    sft.fused_optimizer is set and `mesh` replicates the parameters, unless `fused` says."""
+    if fused is None:
+        fused = bool(config.sft.fused_optimizer) and sharding.replicates_parameters(mesh)
+    return optim.make_optimizer(learning_rate, total_steps, warmup_ratio,
+                                float(config.sft.weight_decay), float(config.sft.grad_clip),
+                                fused=fused)
+
+
+def restore_state(manager: ckpt.CheckpointManager, state: tstate.TrainState,
+                  shardings: tstate.TrainState, optimizer: Any, config: ConfigDict, mesh: Any,
+                  step: int) -> ckpt.Restored:
+    """Checkpoint `step` restored onto `state`'s layout and shardings, whichever AdamW
+    implementation wrote it (a run may resume on a mesh that picks the other one)."""
+    flat = manager.holds_flat_optimizer_state(step)
+    if flat == isinstance(optimizer, optim.FusedTransformation):
+        return manager.restore(state, step=step)
+    saved_opt = make_optimizer(config, mesh, 1.0, 1, 0.0, fused=flat)
+    abstract = jax.eval_shape(saved_opt.init, state.trainable)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    saved_sh = (jax.tree.map(lambda _: replicated, abstract) if flat else
+                sharding.opt_state_shardings(saved_opt, state.trainable, shardings.trainable, mesh))
+    target = state.replace(opt_state=jax.tree.map(
+        lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, saved_sh))
+    restored = manager.restore(target, step=step)
+    opt_state = jax.jit(optim.convert_state, static_argnums=2,
+                        out_shardings=shardings.opt_state)(
+        restored.state.opt_state, restored.state.trainable, optimizer)
+    return dataclasses.replace(restored, state=restored.state.replace(opt_state=opt_state))
+
+
 @dataclass
 class TrainResult:
     variables: Any
@@ -82,8 +116,7 @@ def train(stage: str, config: ConfigDict, workdir: Path, *, model_cfg: Any, vari
     """Run `steps` updates of `stage`, resuming from <workdir>/checkpoints/<stage> if present."""
     lora = model_cfg.lora.rank > 0
     mesh = sharding.make_mesh(config.mesh)
-    optimizer = optim.make_optimizer(learning_rate, max(steps, 1), warmup_ratio,
-                                     float(config.sft.weight_decay), float(config.sft.grad_clip))
+    optimizer = make_optimizer(config, mesh, learning_rate, max(steps, 1), warmup_ratio)
     shardings = tstate.state_shardings(abstract_variables(model_cfg), optimizer, mesh, lora)
     state = tstate.state_from_variables(variables, optimizer, shardings,
                                         jax.random.key(config.seed), lora=lora)
@@ -100,9 +133,11 @@ def train(stage: str, config: ConfigDict, workdir: Path, *, model_cfg: Any, vari
                                      best_metric=str(config.checkpoint.best_metric),
                                      async_save=bool(config.checkpoint.async_save))
     start = 0
-    if manager.latest_step() is not None:
-        restored = manager.restore(state)
-        check_resumable(stage, restored.config_text, config, manager.directory)
+    if (latest := manager.latest_step()) is not None:
+        # Checked before restoring: a changed setting can change the state's layout (e.g.
+        # sft.fused_optimizer), which the restore would report as a mismatched checkpoint.
+        check_resumable(stage, manager.config_text(latest), config, manager.directory)
+        restored = restore_state(manager, state, shardings, optimizer, config, mesh, latest)
         state, start = restored.state, restored.step
         source.restore(restored.data_state)
         print(f"[{stage}] resumed from step {start} ({manager.directory})")
@@ -195,8 +230,7 @@ def restore_variables(config: ConfigDict, workdir: Path, stage: str, step: int, 
     lora = model_cfg.lora.rank > 0
     mesh = sharding.make_mesh(config.mesh)
     # Same transformation chain as training, so the saved optimizer state has the same tree.
-    optimizer = optim.make_optimizer(1.0, 1, 0.0, float(config.sft.weight_decay),
-                                     float(config.sft.grad_clip))
+    optimizer = make_optimizer(config, mesh, 1.0, 1, 0.0)
     shardings = tstate.state_shardings(abstract_variables(model_cfg), optimizer, mesh, lora)
     target = tstate.state_from_variables(variables, optimizer, shardings, jax.random.key(0),
                                          lora=lora)

@@ -26,8 +26,6 @@ from orbax.checkpoint import checkpoint_managers as ocm
 
 from skinr1_jax.train.state import TrainState
 
-_ITEMS = ("state", "data", "config")
-
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or does not match the run."""
@@ -85,7 +83,11 @@ class CheckpointManager:
             create=True, enable_async_checkpointing=async_save,
             preservation_policy=ocm.AnyPreservationPolicy(policies),
             best_fn=(lambda m: m[best_metric]) if best_metric else None, best_mode=best_mode)
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
+        # Handlers named up front: without them a manager that has not saved yet (a resumed
+        # process) reads no item metadata, and so could not tell what a checkpoint holds.
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+            "state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+            "config": ocp.JsonCheckpointHandler()})
         self._preempted = threading.Event()
         self._previous_handler = None
         if handle_sigterm and threading.current_thread() is threading.main_thread():
@@ -136,6 +138,29 @@ class CheckpointManager:
             return None
         pick = max if self._best_mode == "max" else min
         return pick(scored)[1]
+
+    def holds_flat_optimizer_state(self, step: int) -> bool:
+        """Whether `step` was written by the fused optimizer (flat count / mu / nu state,
+        `optim.FusedAdamWState`) rather than a per-parameter optax chain."""
+        try:
+            meta = self._manager.item_metadata(step)["state"]
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {self.directory}/{step} is incomplete, corrupt "
+                                  f"or unreadable (state metadata): {type(e).__name__}: {e}"
+                                  ) from e
+        opt = getattr(meta, "tree", meta)["opt_state"]
+        return isinstance(opt, Mapping) and set(opt) == {"count", "mu", "nu"}
+
+    def config_text(self, step: int) -> str:
+        """The config text saved with `step` ("" when none was), read without the state: a
+        resume can refuse a changed config before restoring onto a state of another layout."""
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(
+                config=ocp.args.JsonRestore()))
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {self.directory}/{step} is incomplete, corrupt "
+                                  f"or unreadable (config): {type(e).__name__}: {e}") from e
+        return (out["config"] or {}).get("text", "")
 
     def restore(self, target: TrainState, step: int | None = None) -> Restored:
         """Restore onto `target`'s shardings (any mesh shape). `target` holds arrays or

@@ -23,6 +23,8 @@ import optax
 from flax.core import meta
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from skinr1_jax.train import optim
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -137,14 +139,30 @@ def place_variables(variables: Any, boxed_abstract: Any, mesh: Mesh) -> Any:
     return jax.device_put(dict(variables), param_shardings(boxed_abstract, mesh))
 
 
+def replicates_parameters(mesh: Mesh) -> bool:
+    """Whether `mesh` keeps a whole copy of every parameter on each device (no fsdp or tensor
+    sharding): what the fused optimizer's flat state needs (`optim.fused_adamw`)."""
+    return mesh.shape.get("fsdp", 1) == 1 and mesh.shape.get("tensor", 1) == 1
+
+
 def opt_state_shardings(optimizer: optax.GradientTransformation, abstract_params: Any,
                         params_shardings: Any, mesh: Mesh) -> Any:
     """Shardings of `optimizer.init(params)`: parameter-shaped leaves follow their parameter,
-    everything else (counts, schedules) is replicated."""
+    everything else (counts, schedules) is replicated; a fused optimizer's flat state is
+    replicated whole, so it needs replicated parameters."""
     abstract_state = jax.eval_shape(optimizer.init, abstract_params)
+    replicated = NamedSharding(mesh, P())
+    if isinstance(optimizer, optim.FusedTransformation):
+        sharded = [s for s in jax.tree.leaves(params_shardings) if not s.is_fully_replicated]
+        if sharded:
+            raise ValueError(
+                f"the fused optimizer keeps flat, replicated moments, but this mesh "
+                f"({dict(mesh.shape)}) shards {len(sharded)} trainable parameter(s): use it "
+                "with fsdp = tensor = 1, or the per-parameter optimizer (fused=False)")
+        return jax.tree.map(lambda _: replicated, abstract_state)
     return optax.tree_map_params(
         optimizer, lambda _, s: s, abstract_state, params_shardings,
-        transform_non_params=lambda _: NamedSharding(mesh, P()))
+        transform_non_params=lambda _: replicated)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 1, batch_dim: int = 0) -> NamedSharding:

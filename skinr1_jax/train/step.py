@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from skinr1_jax.train import grpo, losses, rewards
+from skinr1_jax.train import grpo, losses, optim, rewards
 from skinr1_jax.train import sharding as shd
 from skinr1_jax.train.state import TrainState, merge_variables
 
@@ -271,7 +271,7 @@ def make_train_step(apply_fn: ApplyFn, step_cfg: StepConfig,
             carry0 = (_tree_zeros(state.trainable), jnp.zeros((), jnp.float32), _tree_zeros(aux0))
             (grads, loss, aux), _ = jax.lax.scan(body, carry0, (jnp.arange(n), sft_mbs, rl_mbs))
 
-        grad_norm = optax.tree.norm(grads)
+        grad_norm = optim.grad_norm(optimizer, grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
         trainable = optax.apply_updates(state.trainable, updates)
         metrics.update({"loss": loss, "grad_norm": grad_norm})
