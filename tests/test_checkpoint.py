@@ -177,3 +177,20 @@ def test_param_only_checkpoint_round_trip(tmp_path):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ck.CheckpointError, match="does not exist"):
         ck.load_params(tmp_path / "nope")
+
+
+def test_a_fresh_manager_restores_a_saved_frozen_base(tmp_path):
+    """A new process (a fresh manager) must see that a checkpoint holds the frozen base and
+    restore it, not keep the target's."""
+    mesh = one_device_mesh()
+    state, _, _ = fresh(mesh)
+    mgr = ck.CheckpointManager(tmp_path, every_steps=1, async_save=False)
+    mgr.save(1, state, data_state={}, include_frozen=True)
+    mgr.close()
+    target = state.replace(frozen=jax.tree.map(lambda x: x * 0, state.frozen))
+    mgr = ck.CheckpointManager(tmp_path, every_steps=1, async_save=False)
+    restored = mgr.restore(target)
+    mgr.close()
+    for got, want in zip(jax.tree.leaves(restored.state.frozen), jax.tree.leaves(state.frozen)):
+        np.testing.assert_array_equal(got, want)
+    assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(state.frozen))
