@@ -29,20 +29,12 @@ def one_device_mesh():
 
 
 def fresh(mesh, lora=True):
-    opt = optim.make_optimizer(1e-2, 20, 0.1)
-    state, sh = st.create_train_state(lambda r: toy.init_variables(CFG, r), opt, mesh,
-                                      jax.random.PRNGKey(0), lora=lora)
-    step = stp.make_train_step(toy.make_apply_fn(CFG), stp.StepConfig(), opt, mesh, sh,
-                               sft_example=toy.sft_batch(0, 4, 8, CFG.vocab))
-    return state, sh, step
+    return toy.sft_trainer(CFG, optim.make_optimizer(1e-2, 20, 0.1), mesh, lora=lora)
 
 
 def run(state, step, mesh, start, stop):
-    out = []
-    for i in range(start, stop):
-        state, m = step(state, shd.shard_batch(toy.sft_batch(i, 4, 8, CFG.vocab), mesh), None)
-        out.append(float(m["loss"]))
-    return state, out
+    state, metrics = toy.run_sft(state, step, mesh, CFG, start, stop)
+    return state, [m["loss"] for m in metrics]
 
 
 def test_exact_resume(tmp_path):

@@ -13,7 +13,6 @@ from skinr1_jax.train import checkpoint as ck
 from skinr1_jax.train import optim
 from skinr1_jax.train import sharding as shd
 from skinr1_jax.train import state as st
-from skinr1_jax.train import step as stp
 from skinr1_jax.train import toy
 
 needs8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
@@ -83,19 +82,12 @@ def test_fused_update_refuses_other_parameters_and_missing_params_for_decay():
 
 
 def _toy_step(opt, mesh, seed=0):
-    state, sh = st.create_train_state(lambda r: toy.init_variables(CFG, r), opt, mesh,
-                                      jax.random.PRNGKey(seed), lora=False)
-    step = stp.make_train_step(toy.make_apply_fn(CFG), stp.StepConfig(), opt, mesh, sh,
-                               sft_example=toy.sft_batch(0, 8, 12, CFG.vocab))
-    return state, sh, step
+    return toy.sft_trainer(CFG, opt, mesh, seed=seed, batch_size=8, seq_len=12)
 
 
 def _train(state, step, mesh, start, stop):
-    out = []
-    for i in range(start, stop):
-        state, m = step(state, shd.shard_batch(toy.sft_batch(i, 8, 12, CFG.vocab), mesh), None)
-        out.append((float(m["loss"]), float(m["grad_norm"])))
-    return state, out
+    state, metrics = toy.run_sft(state, step, mesh, CFG, start, stop, batch_size=8, seq_len=12)
+    return state, [(m["loss"], m["grad_norm"]) for m in metrics]
 
 
 def test_train_step_with_the_fused_optimizer_matches_the_chain():

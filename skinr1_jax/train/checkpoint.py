@@ -142,13 +142,7 @@ class CheckpointManager:
     def holds_flat_optimizer_state(self, step: int) -> bool:
         """Whether `step` was written by the fused optimizer (flat count / mu / nu state,
         `optim.FusedAdamWState`) rather than a per-parameter optax chain."""
-        try:
-            meta = self._manager.item_metadata(step)["state"]
-        except Exception as e:
-            raise CheckpointError(f"checkpoint {self.directory}/{step} is incomplete, corrupt "
-                                  f"or unreadable (state metadata): {type(e).__name__}: {e}"
-                                  ) from e
-        opt = getattr(meta, "tree", meta)["opt_state"]
+        opt = self._state_metadata(step).get("opt_state")
         return isinstance(opt, Mapping) and set(opt) == {"count", "mu", "nu"}
 
     def config_text(self, step: int) -> str:
@@ -196,6 +190,10 @@ class CheckpointManager:
                         config_text=(out["config"] or {}).get("text", ""))
 
     def _has_frozen(self, step: int) -> bool:
+        return "frozen" in self._state_metadata(step)
+
+    def _state_metadata(self, step: int) -> Mapping[str, Any]:
+        """The saved state's tree of array metadata (top level: step, trainable, ...)."""
         try:
             meta = self._manager.item_metadata(step)["state"]
         except Exception as e:
@@ -203,7 +201,7 @@ class CheckpointManager:
                                   f"or unreadable (state metadata): {type(e).__name__}: {e}"
                                   ) from e
         tree = getattr(meta, "tree", meta)
-        return isinstance(tree, Mapping) and "frozen" in tree
+        return tree if isinstance(tree, Mapping) else {}
 
     def wait(self) -> None:
         """Block until pending async saves are on disk."""

@@ -128,3 +128,29 @@ def rl_batch(seed: int, prompts: int, generations: int, prompt_len: int, complet
     if with_old:
         out["old_logprobs"] = np.log(rng.uniform(0.01, 0.2, ids.shape)).astype(np.float32)
     return out
+
+
+def sft_trainer(cfg: ToyConfig, optimizer: Any, mesh: Any, *, lora: bool = False, seed: int = 0,
+                batch_size: int = 4, seq_len: int = 8) -> tuple[Any, Any, Any]:
+    """(state, state shardings, jitted SFT step) of the toy model on `mesh`."""
+    from skinr1_jax.train import state as st, step as stp
+
+    state, shardings = st.create_train_state(lambda r: init_variables(cfg, r), optimizer, mesh,
+                                             jax.random.PRNGKey(seed), lora=lora)
+    step = stp.make_train_step(make_apply_fn(cfg), stp.StepConfig(), optimizer, mesh, shardings,
+                               sft_example=sft_batch(0, batch_size, seq_len, cfg.vocab))
+    return state, shardings, step
+
+
+def run_sft(state: Any, step: Any, mesh: Any, cfg: ToyConfig, start: int, stop: int,
+            batch_size: int = 4, seq_len: int = 8) -> tuple[Any, list[dict[str, float]]]:
+    """Steps start..stop-1 of `sft_trainer`'s step, each on its own batch (seeded by the
+    step number, so a resumed run sees the batches an uninterrupted one would)."""
+    from skinr1_jax.train import sharding as shd
+
+    out = []
+    for i in range(start, stop):
+        batch = shd.shard_batch(sft_batch(i, batch_size, seq_len, cfg.vocab), mesh)
+        state, metrics = step(state, batch, None)
+        out.append({k: float(v) for k, v in metrics.items()})
+    return state, out
