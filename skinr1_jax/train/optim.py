@@ -103,17 +103,20 @@ def fused_adamw(schedule: optax.Schedule, b1: float = 0.9, b2: float = 0.999, ep
         mu = (1 - b1) * g + b1 * state.mu
         nu = (1 - b2) * g ** 2 + b2 * state.nu
         count = optax.safe_increment(state.count)
-        direction = (mu / (1 - b1 ** count)) / (jnp.sqrt(nu / (1 - b2 ** count)) + eps)
+        c1, c2 = 1 - b1 ** count, 1 - b2 ** count
         step_size = -schedule(state.count)
         leaves, treedef = jax.tree.flatten(grads)
         decay_leaves = jax.tree.leaves(params) if weight_decay else leaves
         updates, start = [], 0
         for leaf, p in zip(leaves, decay_leaves):
-            u = direction[start:start + leaf.size].reshape(leaf.shape)
+            # Each leaf's direction from its slices of the moments, so that it fuses into the
+            # leaf's update instead of being written out whole and read back.
+            end = start + leaf.size
+            u = ((mu[start:end] / c1) / (jnp.sqrt(nu[start:end] / c2) + eps)).reshape(leaf.shape)
             if weight_decay:
                 u = u + weight_decay * p.astype(jnp.float32)
             updates.append((step_size * u).astype(leaf.dtype))
-            start += leaf.size
+            start = end
         return jax.tree.unflatten(treedef, updates), FusedAdamWState(count, mu, nu)
 
     return FusedTransformation(init, update)
