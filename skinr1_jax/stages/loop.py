@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
@@ -98,7 +97,7 @@ def restore_state(manager: ckpt.CheckpointManager, state: tstate.TrainState,
     opt_state = jax.jit(optim.convert_state, static_argnums=2,
                         out_shardings=shardings.opt_state)(
         restored.state.opt_state, restored.state.trainable, optimizer)
-    return dataclasses.replace(restored, state=restored.state.replace(opt_state=opt_state))
+    return replace(restored, state=restored.state.replace(opt_state=opt_state))
 
 
 @dataclass
