@@ -53,9 +53,10 @@ def test_exact_resume(tmp_path):
     target, _, step = fresh(mesh)       # a new process would start exactly like this
     mgr = ck.CheckpointManager(tmp_path, every_steps=3, keep=2)
     r = mgr.restore(target)
+    saved_config = mgr.config_text(3)
     mgr.close()
     assert r.step == 3 and int(r.state.step) == 3
-    assert r.data_state == {"next_batch": 3} and r.config_text == "seed = 42"
+    assert r.data_state == {"next_batch": 3} and saved_config == "seed = 42"
     _, rest = run(r.state, step, mesh, r.data_state["next_batch"], 6)
     assert first + rest == straight            # bit for bit
     assert len(set(straight)) == 6

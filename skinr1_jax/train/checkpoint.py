@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from skinr1_jax.train import optim
 from skinr1_jax.train.state import TrainState
 
 
@@ -36,7 +37,6 @@ class Restored:
     step: int
     state: TrainState
     data_state: dict[str, int]
-    config_text: str
 
 
 def _abstract(tree: Any) -> Any:
@@ -143,7 +143,7 @@ class CheckpointManager:
         """Whether `step` was written by the fused optimizer (flat count / mu / nu state,
         `optim.FusedAdamWState`) rather than a per-parameter optax chain."""
         opt = self._state_metadata(step).get("opt_state")
-        return isinstance(opt, Mapping) and set(opt) == {"count", "mu", "nu"}
+        return isinstance(opt, Mapping) and set(opt) == set(optim.FusedAdamWState._fields)
 
     def config_text(self, step: int) -> str:
         """The config text saved with `step` ("" when none was), read without the state: a
@@ -174,8 +174,7 @@ class CheckpointManager:
         abstract = _abstract(_state_tree(target, saved_frozen))
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
-                config=ocp.args.JsonRestore()))
+                state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
         except Exception as e:  # orbax/tensorstore raise many types for a damaged step
             raise CheckpointError(f"checkpoint {step_dir} is incomplete, corrupt or does not "
                                   f"match the model: {type(e).__name__}: {e}") from e
@@ -186,8 +185,7 @@ class CheckpointManager:
                                   "pass a target whose frozen part is loaded")
         state = TrainState(step=tree["step"], trainable=tree["trainable"], frozen=frozen,
                            opt_state=tree["opt_state"], rng=tree["rng"])
-        return Restored(step=step, state=state, data_state=dict(out["data"] or {}),
-                        config_text=(out["config"] or {}).get("text", ""))
+        return Restored(step=step, state=state, data_state=dict(out["data"] or {}))
 
     def _has_frozen(self, step: int) -> bool:
         return "frozen" in self._state_metadata(step)
