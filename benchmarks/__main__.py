@@ -93,6 +93,15 @@ def _threads(r: dict[str, Any]) -> str:
     return f" [torch {t['threads']} thread{'s' if t['threads'] > 1 else ''}]" if isinstance(t, dict) else ""
 
 
+def _per_thread_count(side: dict[str, Any]) -> str:
+    """"; median at 1 thread 184 ms, at 2 threads 121 ms" of a torch side timed at both counts."""
+    t = side.get("torch_threads")
+    if not isinstance(t, dict) or "median_s" not in t:
+        return ""
+    return "; median " + ", ".join(f"at {n} thread{'s' if int(n) > 1 else ''} {m * 1e3:.0f} ms"
+                                   for n, m in t["median_s"].items())
+
+
 def _faults(t: dict[str, Any]) -> str:
     return f"{t['minor_faults_median']:,.0f} / {t['minor_faults_max']:,.0f}" if "minor_faults" in t else "–"
 
@@ -134,12 +143,13 @@ def _side_by_side(b: dict[str, Any]) -> list[str]:
             rows.append(row("same, both in bf16 compute: transformers under torch.autocast "
                             f"(its first loss {s['torch_bf16_loss_delta']:+.2e} vs its f32)",
                             v["ours_bf16"], v["transformers_bf16"],
-                            s["bf16_speedup_vs_torch_bf16"], None, "",
+                            s["bf16_speedup_vs_torch_bf16"], None, _threads(v["transformers_bf16"]),
                             v["ours_bf16"]["compile_s"], v["ours_bf16"]["mfu"]))
         if "torch_compile" in v:
             rows.append(row("same, against torch.compile (inductor) transformers", s["ours"],
                             v["torch_compile"], s["speedup_vs_torch_compile"], None,
-                            f" [compile {v['torch_compile']['compile_s']:.0f} s]", None, None))
+                            f"{_threads(v['torch_compile'])} [compile "
+                            f"{v['torch_compile']['compile_s']:.0f} s]", None, None))
         rows += [f"| torch.compile failed: `{e[:200]}` | | | | | | | |"
                  for e in s.get("errors", {}).values()]
         if "torch_compile" not in v and not s.get("errors"):
@@ -164,7 +174,8 @@ def _side_by_side(b: dict[str, Any]) -> list[str]:
                            ("transformers", s["transformers"])):
             t = side["timing"]
             rows.append(f"- SFT {name.replace('_', ' ')}: each step, ms (minor faults): " + ", ".join(
-                f"{x * 1e3:.0f} ({f:,})" for x, f in zip(t["times_s"], t["minor_faults"])))
+                f"{x * 1e3:.0f} ({f:,})" for x, f in zip(t["times_s"], t["minor_faults"]))
+                + _per_thread_count(side))
     return rows
 
 

@@ -91,21 +91,37 @@ def paired(fns: dict[str, Callable[[], Any]], *, warmup: int = 1, repeats: int =
                 "minor_faults_max": max(faults[n])} for n in fns}
 
 
-def faster_torch_threads(fn: Callable[[], Any], calls: int = 2) -> dict[str, Any]:
-    """Set torch's intra-op threads to whichever of 1 and the default runs `fn` faster (best of
-    `calls`; OpenMP threads waiting on a descheduled sibling can make the default many times
-    slower on a shared machine) and return {"threads", "default_threads", "probe_s"}."""
+def torch_thread_sides(name: str, fn: Callable[[], Any]) -> dict[str, Callable[[], Any]]:
+    """`fn` (a torch workload) as one side per intra-op thread count, 1 and torch's default,
+    named "name@<n>t", each setting its thread count before it runs. Timed in the same turns
+    as everything else (`paired`), then collapsed by `fastest_torch_threads`, so the baseline
+    runs at whichever count is faster under the load that the timed calls actually met: on a
+    shared machine OpenMP threads waiting on a descheduled sibling can make the default many
+    times slower, and a count chosen by a probe before the timing goes stale when the load
+    changes during it (measured here: torch at 2 threads 97-164 ms a step within one run)."""
     import torch
 
     default = torch.get_num_threads()
-    probe = {}
-    for n in sorted({1, default}):
-        torch.set_num_threads(n)
-        fn()
-        probe[n] = min(_seconds(fn) for _ in range(calls))
-    best = min(probe, key=probe.get)
-    torch.set_num_threads(best)
-    return {"threads": best, "default_threads": default, "probe_s": {str(n): t for n, t in probe.items()}}
+
+    def at(n: int) -> Callable[[], Any]:
+        def call() -> Any:
+            torch.set_num_threads(n)
+            return fn()
+        return call
+    return {f"{name}@{n}t": at(n) for n in sorted({1, default})}
+
+
+def fastest_torch_threads(timed: dict[str, dict[str, Any]], name: str
+                          ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the Timing of `name`'s fastest thread-count side by median, {"threads", "median_s"
+    per thread count}) from `paired` results of `torch_thread_sides(name, ...)`; those sides
+    are removed from `timed`."""
+    sides = {k: timed.pop(k) for k in [k for k in timed if k.startswith(f"{name}@")]}
+    if not sides:
+        raise ValueError(f"fastest_torch_threads: no '{name}@<n>t' sides in {sorted(timed)}")
+    best = min(sides, key=lambda k: sides[k]["median_s"])
+    threads = {k.rsplit("@", 1)[1][:-1]: t["median_s"] for k, t in sides.items()}
+    return sides[best], {"threads": int(best.rsplit("@", 1)[1][:-1]), "median_s": threads}
 
 
 def _seconds(fn: Callable[[], Any]) -> float:

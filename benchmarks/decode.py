@@ -3,7 +3,8 @@ tiny random Qwen2.5-VL (the default config's shapes), batch, prompt (text + one 
 and number of new tokens, on this machine's CPU. Greedy, no EOS, so every row generates every
 token; calls of the two sides are interleaved and each figure is the median (with min / max)
 of `repeats` timed calls after one warm-up (our first call compiles; its excess over the
-median is the compile time). transformers runs with its default (sdpa) attention.
+median is the compile time). transformers runs with its default (sdpa) attention, timed at
+1 thread and at torch's default in the same turns; its figure is the faster of the two.
 
     python -m benchmarks.decode [--batch-sizes 8,64] [--new-tokens 64] [--repeats 5]
 
@@ -54,8 +55,9 @@ def measure(cfg: Any, variables: Any, hf_model: Any, batch_size: int, new_tokens
     # rounding can flip (after which a row goes its own way).
     their_tokens = theirs()[:, batch["input_ids"].shape[1]:].numpy()
     agreement = float(np.mean(our_tokens == their_tokens))
-    threads = common.faster_torch_threads(theirs)
-    timed = common.paired({"ours": ours, "transformers": theirs}, warmup=1, repeats=repeats)
+    timed = common.paired({"ours": ours, **common.torch_thread_sides("transformers", theirs)},
+                          warmup=1, repeats=repeats)
+    timed["transformers"], threads = common.fastest_torch_threads(timed, "transformers")
     generated = batch_size * new_tokens
     ours_r = common.throughput(timed["ours"], generated, "tokens")
     theirs_r = common.throughput(timed["transformers"], generated, "tokens")

@@ -10,6 +10,9 @@ The sides take turns (ours, ours bf16, torch, torch.compile, ours, ...) so load 
 all alike; a turn is one untimed step then `turn` timed ones back to back, as in training (a
 step right after the other side's runs on caches that side evicted, and next to torch's
 OpenMP threads still spinning: measured 27 ms for ours alone, 33-36 ms strictly alternated).
+Each torch side is timed at 1 thread and at torch's default in the same turns, and the faster
+median is its figure (common.torch_thread_sides), so the baseline gets its best thread count
+under the load the timed steps met.
 Reported per side: each step's seconds and minor page faults, median / min / max, the compile
 time (first call minus the median), and MFU against the XLA matmul peak measured in the same
 run. Also: our step with bfloat16 products (model.matmul_dtype; f32 activations, parameters and
@@ -121,18 +124,17 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 9, vocab_size: i
     # Each torch side updates its own copy of the weights.
     bf16_model = copy.deepcopy(model) if variants else None
     theirs = torch_step(model, batch, grid, lr, bf16=bf16)
-    fns["transformers"] = theirs
-    # The first step's loss before the thread probe's steps update the weights: both sides
+    torch_fns = {"transformers": theirs}
+    # The first step's loss before the timed steps update the weights: both sides
     # start from the same weights and batch, so it must equal ours (`first_loss_delta`).
     start = time.perf_counter()
     first_loss["transformers"] = theirs()
     first_s["transformers"] = time.perf_counter() - start
     if variants:
-        fns["transformers_bf16"] = torch_step(bf16_model, batch, grid, lr, bf16=True)
+        torch_fns["transformers_bf16"] = torch_step(bf16_model, batch, grid, lr, bf16=True)
         start = time.perf_counter()
-        first_loss["transformers_bf16"] = fns["transformers_bf16"]()
+        first_loss["transformers_bf16"] = torch_fns["transformers_bf16"]()
         first_s["transformers_bf16"] = time.perf_counter() - start
-    threads = common.faster_torch_threads(theirs)
     errors = {}
     if torch_compile:
         try:
@@ -140,11 +142,16 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 9, vocab_size: i
             start = time.perf_counter()
             first_loss["torch_compile"] = fn()
             first_s["torch_compile"] = time.perf_counter() - start
-            fns["torch_compile"] = fn
+            torch_fns["torch_compile"] = fn
         except Exception as e:  # recorded, not fatal: the eager baseline still stands
             errors["torch_compile"] = f"{type(e).__name__}: {str(e)[:500]}"
     load_start = [round(x, 2) for x in __import__("os").getloadavg()]
+    for name, fn in torch_fns.items():
+        fns.update(common.torch_thread_sides(name, fn))
     timed = common.paired(fns, warmup=1, repeats=repeats, sync=common.block, turn=turn)
+    threads = {}
+    for name in torch_fns:
+        timed[name], threads[name] = common.fastest_torch_threads(timed, name)
     peak = common.matmul_peak()
     flops = common.train_flops(cfg, batch_size, seq_len, IMAGE_SIDE ** 2)
     sides = {}
@@ -152,6 +159,7 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 9, vocab_size: i
         sides[name] = {**common.throughput(t, tokens, "tokens"),
                        "compile_s": first_s[name] - t["median_s"],
                        "first_loss": first_loss[name],
+                       **({"torch_threads": threads[name]} if name in threads else {}),
                        "mfu": flops / t["median_s"] / peak[
                            "bfloat16" if bf16 or "bf16" in name else "float32"]}
     out = {
@@ -161,7 +169,7 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 9, vocab_size: i
         "params": int(sum(x.size for x in jax.tree.leaves(variables))),
         "ours": sides.pop("ours"), "transformers": sides.pop("transformers"),
         "variants": sides, "errors": errors, "model_flops_per_step": flops,
-        "matmul_peak_flops": peak, "torch_threads": threads, "load_avg_timed": load_start,
+        "matmul_peak_flops": peak, "torch_threads": threads["transformers"], "load_avg_timed": load_start,
         "transformers_attn": model.config._attn_implementation,
         "jax_backend": jax.default_backend(), "turn": turn,
     }
