@@ -169,7 +169,8 @@ def run(batch_size: int = 8, seq_len: int = 128, repeats: int = 9, vocab_size: i
         "params": int(sum(x.size for x in jax.tree.leaves(variables))),
         "ours": sides.pop("ours"), "transformers": sides.pop("transformers"),
         "variants": sides, "errors": errors, "model_flops_per_step": flops,
-        "matmul_peak_flops": peak, "torch_threads": threads["transformers"], "load_avg_timed": load_start,
+        "matmul_peak_flops": peak, "torch_threads": threads["transformers"],
+        "load_avg_timed": load_start,
         "transformers_attn": model.config._attn_implementation,
         "jax_backend": jax.default_backend(), "turn": turn,
     }
