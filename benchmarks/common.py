@@ -97,7 +97,7 @@ def torch_thread_sides(name: str, fn: Callable[[], Any]) -> dict[str, Callable[[
     as everything else (`paired`), then collapsed by `fastest_torch_threads`, so the baseline
     runs at whichever count is faster under the load that the timed calls actually met: on a
     shared machine OpenMP threads waiting on a descheduled sibling can make the default many
-    times slower, and a count chosen by a probe before the timing goes stale when the load
+    times slower, and a count chosen by a probe before the timing can go stale when the load
     changes during it (measured here: torch at 2 threads 97-164 ms a step within one run)."""
     import torch
 
