@@ -116,12 +116,14 @@ def fastest_torch_threads(timed: dict[str, dict[str, Any]], name: str
     """(the Timing of `name`'s fastest thread-count side by median, {"threads", "median_s"
     per thread count}) from `paired` results of `torch_thread_sides(name, ...)`; those sides
     are removed from `timed`."""
-    sides = {k: timed.pop(k) for k in [k for k in timed if k.startswith(f"{name}@")]}
+    # "name@2t" -> 2: the thread count each side's name carries.
+    sides = {int(k[len(name) + 1:-1]): timed.pop(k)
+             for k in [k for k in timed if k.startswith(f"{name}@")]}
     if not sides:
         raise ValueError(f"fastest_torch_threads: no '{name}@<n>t' sides in {sorted(timed)}")
-    best = min(sides, key=lambda k: sides[k]["median_s"])
-    threads = {k.rsplit("@", 1)[1][:-1]: t["median_s"] for k, t in sides.items()}
-    return sides[best], {"threads": int(best.rsplit("@", 1)[1][:-1]), "median_s": threads}
+    best = min(sides, key=lambda n: sides[n]["median_s"])
+    return sides[best], {"threads": best,
+                         "median_s": {str(n): t["median_s"] for n, t in sides.items()}}
 
 
 def _seconds(fn: Callable[[], Any]) -> float:
