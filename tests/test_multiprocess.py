@@ -1,7 +1,8 @@
 """Two processes x 4 CPU devices (gloo collectives over 127.0.0.1) against one process x 8:
 every stage runs, and SFT and RL losses and rewards (varied: tests/multiprocess_worker.py)
-equal the single-process run for meshes (data, fsdp, tensor) = (2, 4, 1) and (1, 8, 1), and a
-2-process run interrupted after a checkpoint resumes with the uninterrupted run's numbers."""
+equal the single-process run with fsdp across both processes, mesh (data, fsdp, tensor) =
+(1, 8, 1); the 2-process run cut back to a checkpoint resumes with the uninterrupted run's
+numbers on 2 processes with the data axis across them, (2, 4, 1), and on 1 process."""
 
 from __future__ import annotations
 
@@ -101,62 +102,69 @@ def _assert_same(got: dict, want: dict, what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
+def cache(tmp_path_factory) -> Path:
+    """One XLA compilation cache for the module: a run of programs an earlier run compiled
+    (same mesh, same process count) skips their compilation."""
+    return tmp_path_factory.mktemp("xla_cache")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache: Path) -> Path:
     """One process x 8 devices, mesh (1, 8, 1), from dataset build to evaluation."""
     workdir = tmp_path_factory.mktemp("mp") / "ref"
-    _run(workdir, "generate,sft,rl,eval", (1, 8, 1), 1)
+    _run(workdir, "generate,sft,rl,eval", (1, 8, 1), 1, cache=cache)
     return workdir
 
 
-def test_two_processes_every_stage_mesh_2_4_1(reference: Path):
-    """Both processes build the dataset and tokenizer (process 0 once), train and evaluate on
-    a (2, 4, 1) mesh; only process 0 writes the files."""
+@pytest.fixture(scope="module")
+def two_processes(reference: Path, cache: Path) -> Path:
+    """Both processes build the dataset and tokenizer (process 0 once), train and evaluate with
+    fsdp over both processes (parameters span hosts), mesh (1, 8, 1); only process 0 writes
+    the files."""
+    workdir = reference.parent / "two_1_8_1"
+    seconds = _run(workdir, "generate,sft,rl,eval,export", (1, 8, 1), 2, cache=cache)
+    print(f"2 processes, generate..export: {seconds:.0f}s")
+    return workdir
+
+
+def test_two_processes_run_every_stage_as_one(reference: Path, two_processes: Path):
     want = _metrics(reference)
     assert any(r["reward/std"] > 0 for (stage, _), r in want.items() if stage == "rl")
-    workdir = reference.parent / "two_2_4_1"
-    seconds = _run(workdir, "generate,sft,rl,eval,export", (2, 4, 1), 2)
-    print(f"2 processes, generate..export: {seconds:.0f}s")
-    _assert_same(_metrics(workdir), want, "2x4 mesh (2,4,1)")
-    assert json.loads((workdir / "results.json").read_text()) == \
+    _assert_same(_metrics(two_processes), want, "2x4 devices, mesh (1,8,1)")
+    assert json.loads((two_processes / "results.json").read_text()) == \
         json.loads((reference / "results.json").read_text())
     for name in ("config.txt", "trajectories.jsonl", "tokenizer/tokenizer.json",
                  "models/sft_rl/model_config.json", "export/hf/model.safetensors"):
-        assert (workdir / name).exists(), name
-    assert not (workdir / "logs" / "launch_0.log").exists()
-    assert (workdir / "logs" / "launch_1.log").exists()
+        assert (two_processes / name).exists(), name
+    assert not (two_processes / "logs" / "launch_0.log").exists()
+    assert (two_processes / "logs" / "launch_1.log").exists()
 
 
-def test_two_processes_fsdp_8_and_resume(reference: Path):
-    """fsdp over both processes (parameters span hosts), then the RL stage cut back to its
-    step-1 checkpoint (policy, optimizer, RNG, RL and joint-SFT iterator positions) resumes on
-    2 processes, and on 1 process, with the uninterrupted numbers (the data position saved is
-    global, so a change of process count continues the same stream)."""
-    want = _metrics(reference)
-    workdir = reference.parent / "two_1_8_1"
-    workdir.mkdir()
-    for name in ("tfds", "tokenizer", "trajectories.jsonl", "generate_summary.json"):
-        src = reference / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, workdir / name)
-    cache = reference.parent / "xla_cache"
-    _run(workdir, "sft,rl", (1, 8, 1), 2, cache=cache)
-    _assert_same(_metrics(workdir), want, "2x4 mesh (1,8,1)")
-    steps = sorted(int(p.name) for p in (workdir / "checkpoints" / "rl").iterdir()
+def test_two_process_checkpoint_resumes_on_another_mesh_and_on_one_process(
+        reference: Path, two_processes: Path, cache: Path):
+    """The RL stage of the 2-process run, cut back to its step-1 checkpoint (policy, optimizer,
+    RNG, RL and joint-SFT iterator positions), resumes on 2 processes with the data axis
+    across them, mesh (2, 4, 1), and on 1 process of 8 devices, with the uninterrupted numbers
+    (the data position saved is global, so a change of process count continues the same
+    stream)."""
+    want = {("rl", 2): _metrics(reference)[("rl", 2)]}
+    steps = sorted(int(p.name) for p in (two_processes / "checkpoints" / "rl").iterdir()
                    if p.name.isdigit())
     assert steps == [1, 2], steps
+    workdir = reference.parent / "resumed"
+    shutil.copytree(two_processes, workdir,
+                    ignore=shutil.ignore_patterns("export", "logs", "metrics.jsonl"))
     shutil.rmtree(workdir / "checkpoints" / "rl" / "2")
-    shutil.rmtree(workdir / "models" / "sft_rl")
-    (workdir / "metrics.jsonl").unlink()
-    saved = workdir / "rl_step1"
+    saved = reference.parent / "rl_step1"
     shutil.copytree(workdir / "checkpoints" / "rl", saved)
-    seconds = _run(workdir, "rl", (1, 8, 1), 2, cache=cache)
-    print(f"2 processes, resumed rl: {seconds:.0f}s")
-    resumed = _metrics(workdir)
-    assert set(resumed) == {("rl", 2)}, sorted(resumed)
-    _assert_same(resumed, {("rl", 2): want[("rl", 2)]}, "2->2 process resume")
-    assert (workdir / "models" / "sft_rl" / "model_config.json").exists()
-    # The same step-1 checkpoint, written by 2 processes, resumed by 1 process of 8 devices.
-    shutil.rmtree(workdir / "checkpoints" / "rl")
-    shutil.copytree(saved, workdir / "checkpoints" / "rl")
-    (workdir / "metrics.jsonl").unlink()
-    _run(workdir, "rl", (1, 8, 1), 1)
-    _assert_same(_metrics(workdir), {("rl", 2): want[("rl", 2)]}, "2->1 process resume")
+    for processes, mesh in ((2, (2, 4, 1)), (1, (1, 8, 1))):
+        shutil.rmtree(workdir / "checkpoints" / "rl")
+        shutil.copytree(saved, workdir / "checkpoints" / "rl")
+        shutil.rmtree(workdir / "models" / "sft_rl")
+        (workdir / "metrics.jsonl").unlink(missing_ok=True)
+        seconds = _run(workdir, "rl", mesh, processes, cache=cache)
+        print(f"{processes} process(es), mesh {mesh}, resumed rl: {seconds:.0f}s")
+        resumed = _metrics(workdir)
+        assert set(resumed) == {("rl", 2)}, sorted(resumed)
+        _assert_same(resumed, want, f"2 -> {processes} process resume, mesh {mesh}")
+        assert (workdir / "models" / "sft_rl" / "model_config.json").exists()
