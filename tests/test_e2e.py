@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -18,18 +19,27 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def _launch(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def _launch(workdir: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m launch` on configs/ci.py with an XLA compilation cache, so a rerun of the
+    same programs skips their compilation."""
     cmd = [sys.executable, "-m", "launch", "--config", "configs/ci.py",
            f"--config.workdir={workdir}", *args]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1500)
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
     return out
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("xla_cache")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, cache: Path) -> Path:
     workdir = tmp_path_factory.mktemp("e2e") / "wd"
-    _launch(workdir)
+    _launch(workdir, cache)
     return workdir
 
 
@@ -107,7 +117,7 @@ def test_export_reloads_with_the_same_logits(run_dir: Path):
     assert jax.tree.structure(exported) == jax.tree.structure(trained)
 
 
-def test_interrupted_sft_resumes_exactly(run_dir: Path, tmp_path: Path):
+def test_interrupted_sft_resumes_exactly(run_dir: Path, cache: Path, tmp_path: Path):
     """Drop the last SFT checkpoint (as if the run died after step 2 of 4) and rerun: steps
     3-4 must log the uninterrupted run's losses."""
     workdir = tmp_path / "wd"
@@ -118,7 +128,7 @@ def test_interrupted_sft_resumes_exactly(run_dir: Path, tmp_path: Path):
     shutil.rmtree(ckpts / "4")
     before = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     (workdir / "metrics.jsonl").write_text("")
-    out = _launch(workdir, "--stages", "sft")
+    out = _launch(workdir, cache, "--stages", "sft")
     assert "resumed from step 2" in out.stdout
     after = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
     want = {r["step"]: r["loss"] for r in before if r["stage"] == "sft" and r["step"] > 2}

@@ -189,24 +189,26 @@ def test_grouped_prompt_forward_and_step_equal_per_row():
     mesh = shd.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
     opt = optax.sgd(0.5)
     rl = shd.shard_batch(batch, mesh)
+    sh = st.state_shardings(variables, opt, mesh, lora=False)
+
+    def fresh_state() -> st.TrainState:   # the step donates its state
+        return st.state_from_variables(variables, opt, sh, jax.random.key(0), lora=False)
+    lp_row, lp_grp = (np.asarray(stp.make_logprob_fn(
+        apply_fn_for(cfg, grid), 0.7, mesh, st.merge_variables(sh.trainable, sh.frozen),
+        groups=groups)(fresh_state().variables, rl)) * batch["completion_mask"]
+        for groups in (0, g))
+    np.testing.assert_allclose(lp_grp, lp_row, rtol=1e-5, atol=1e-6)
     for accum in (1, 2):
         results = []
         for groups in (0, g):
             step_cfg = stp.StepConfig(lambda_sft=0.0, lambda_rl=1.0, beta=0.04, temperature=0.7,
                                       grad_accum=accum, num_generations=groups)
             assert step_cfg.prompt_groups == (groups // accum if groups else 0)
-            sh = st.state_shardings(variables, opt, mesh, lora=False)
-            state = st.state_from_variables(variables, opt, sh, jax.random.key(0), lora=False)
-            logprob_fn = stp.make_logprob_fn(apply_fn_for(cfg, grid), 0.7, mesh,
-                                             st.merge_variables(sh.trainable, sh.frozen),
-                                             groups=groups)
-            logp = np.asarray(logprob_fn(state.variables, rl)) * batch["completion_mask"]
             step = stp.make_train_step(apply_fn_for(cfg, grid), step_cfg, opt, mesh, sh,
                                        rl_example=rl)
-            new, metrics = step(state, None, rl)
-            results.append((logp, jax.device_get(new.trainable), jax.device_get(metrics)))
-        (lp_row, p_row, m_row), (lp_grp, p_grp, m_grp) = results
-        np.testing.assert_allclose(lp_grp, lp_row, rtol=1e-5, atol=1e-6)
+            new, metrics = step(fresh_state(), None, rl)
+            results.append((jax.device_get(new.trainable), jax.device_get(metrics)))
+        (p_row, m_row), (p_grp, m_grp) = results
         for key in ("rl_loss", "kl", "entropy", "grad_norm"):
             np.testing.assert_allclose(m_grp[key], m_row[key], rtol=1e-5, err_msg=key)
         for a, c in zip(jax.tree.leaves(p_row), jax.tree.leaves(p_grp)):
