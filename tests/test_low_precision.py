@@ -1,8 +1,10 @@
 """Low-precision compute: bfloat16 products with float32 results and float32 parameter
 gradients (model.matmul.mixed_einsum), RMSNorm's scale gradient in float32, float32 compute
-left exactly as plain einsum, and `matmul_dtype` (bfloat16 products, float32 activations)."""
+left exactly as plain einsum (its batched gradients in XLA:CPU's fast form), and `matmul_dtype` (bfloat16 products, float32 activations)."""
 
 from __future__ import annotations
+
+import re
 
 import flax.linen as nn
 import jax
@@ -47,6 +49,32 @@ def test_float32_is_plain_einsum(spec, shape_a, shape_b):
     plain = jax.jit(lambda: vjp(lambda a, b: jnp.einsum(spec, a, b)))()
     for x, y in zip(ours, plain):
         np.testing.assert_array_equal(x, y)
+
+
+def _physical_dot_shapes(hlo: str) -> list[tuple[int, ...]]:
+    """Each dot's result shape in memory order (its dims ordered major to minor by layout)."""
+    shapes = []
+    for dims, layout in re.findall(r"= f32\[([\d,]+)\]\{([\d,]+)\} dot\(", hlo):
+        dims = [int(x) for x in dims.split(",")]
+        shapes.append(tuple(dims[int(i)] for i in reversed(layout.split(","))))
+    return shapes
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_batched_gradient_contracting_leading_axes_is_computed_transposed_on_cpu(dtype):
+    """Attention's key gradient contracts the query axis, leading in both of its operands:
+    XLA:CPU runs that product at under half speed when it writes [.., keys, head_dim], so
+    mixed_einsum's gradient has it write [.., head_dim, keys] (and transposes after)."""
+    assert jax.default_backend() == "cpu"
+    spec, a, b = "bkqd,bktd->bkqt", *_operands((2, 3, 16, 8), (2, 3, 24, 8))
+    cot = jnp.ones((2, 3, 16, 24), jnp.float32)
+    grads = jax.jit(lambda a, b, c: jax.vjp(lambda a, b: mixed_einsum(spec, a, b, dtype), a, b)[1](c))
+    shapes = _physical_dot_shapes(grads.lower(a, b, cot).compile().as_text())
+    assert (2, 3, 8, 24) in shapes and (2, 3, 24, 8) not in shapes, shapes
+    _, ref_pull = jax.vjp(lambda a, b: jnp.einsum(spec, a, b, precision="highest"), a, b)
+    if dtype == "float32":
+        for x, y in zip(grads(a, b, cot), ref_pull(cot)):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("spec,shape_a,shape_b", [

@@ -18,7 +18,7 @@ from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as hf_mod  # noqa
 from skinr1_jax.model import forward, get_rope_index, init_cache  # noqa: E402
 from skinr1_jax.model.convert import hf_logits, random_batch  # noqa: E402
 from skinr1_jax.model.hf_io import load_hf  # noqa: E402
-from skinr1_jax.model.layers import CAUSAL_BLOCK, attention  # noqa: E402
+from skinr1_jax.model.layers import CAUSAL_BLOCK_MAX, attention, causal_block  # noqa: E402
 from skinr1_jax.model.rope import (apply_rotary, mrope_cos_sin, segment_ids, vision_cos_sin,  # noqa: E402
                                    vision_cu_seqlens, vision_position_ids, vision_window_index)
 from skinr1_jax.model.text import DecoderLayer  # noqa: E402
@@ -150,13 +150,13 @@ def test_get_rope_index_matches_transformers(hf):
     (((1, 8, 8),), 1, 5),             # one image
     (TWO_GRIDS, 1, 5),                # two images of different sizes in one sequence
     (TWO_GRIDS + ((1, 4, 4),), 2, 5),  # a batch with left padding
-    # longer than 2 causal attention blocks, padding in the first block
-    (TWO_GRIDS + ((1, 4, 4),), 2, 2 * CAUSAL_BLOCK // 3),
+    # longer than 2 of the longest causal attention blocks, padding in the first block
+    (TWO_GRIDS + ((1, 4, 4),), 2, 2 * CAUSAL_BLOCK_MAX // 3),
 ], ids=["text", "one_image", "two_images", "left_padded_batch", "long_left_padded_batch"])
 def test_full_model_logits_match_transformers(hf, jit_forward, grids, batch_size, text_len):
     cfg, variables, model = hf
     batch = random_batch(cfg, grids, seed=5, batch_size=batch_size, text_len=text_len)
-    assert text_len < 10 or batch["input_ids"].shape[1] > 2 * CAUSAL_BLOCK
+    assert text_len < 10 or batch["input_ids"].shape[1] > 2 * CAUSAL_BLOCK_MAX
     if batch_size > 1:
         assert (batch["attention_mask"] == 0).any()
     ours, _ = jit_forward(cfg, variables, _model_inputs(batch), grid_thw=batch["grid_thw"] or None)
@@ -219,15 +219,19 @@ def test_remat_and_bf16_variants(hf, jit_forward):
     assert np.max(np.abs(np.asarray(half) - np.asarray(base))) < 0.1
 
 
-def test_blocked_causal_attention_equals_one_softmax():
-    """Blocked causal attention (S > CAUSAL_BLOCK) gives the one-softmax result and gradients
-    on every query row that sees a key (left padding leaves the first rows of row 1 empty)."""
-    b, s, h, kv, d = 2, 2 * CAUSAL_BLOCK + 37, 4, 2, 8
+@pytest.mark.parametrize("s", [128, 2 * CAUSAL_BLOCK_MAX + 37])
+def test_blocked_causal_attention_equals_one_softmax(s):
+    """Blocked causal attention gives the one-softmax result and gradients on every query row
+    that sees a key (left padding leaves the first rows of row 1 empty), with blocks of a
+    short sequence (4 of 32 rows) and of a long one (its last block partial)."""
+    b, h, kv, d = 2, 4, 2, 8
+    block = causal_block(s)
+    assert 1 < s / block
     rng = np.random.default_rng(0)
     q = jnp.asarray(rng.standard_normal((b, s, h, d)), jnp.float32)
     k, v = (jnp.asarray(rng.standard_normal((b, kv, s, d)), jnp.float32) for _ in range(2))
     valid = np.ones((b, s), bool)
-    valid[1, :CAUSAL_BLOCK + 5] = False   # padding across the first block boundary
+    valid[1, :block + 5] = False   # padding across the first block boundary
     mask = jnp.asarray(np.tril(np.ones((s, s), bool))[None] & valid[:, None, :])
     seen = np.asarray(mask).any(-1)         # query rows with at least one visible key
 
