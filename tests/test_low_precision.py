@@ -77,6 +77,22 @@ def test_batched_gradient_contracting_leading_axes_is_computed_transposed_on_cpu
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("features,transposed", [(2048, True), (256, False)])
+def test_wide_kernel_gradient_multiplies_a_transposed_input_on_cpu(features, transposed):
+    """A linear layer's kernel gradient x^T dy (contracting tokens, the leading axis of both)
+    multiplies a materialised x^T when the kernel is at least 8x wider than tall (the LM head),
+    and is left to XLA otherwise."""
+    x, w = _operands((40, 128), (128, features))
+    cot = jnp.ones((40, features), jnp.float32)
+    grads = jax.jit(lambda x, w, c: jax.vjp(
+        lambda x, w: mixed_einsum("ti,io->to", x, w, "float32"), x, w)[1](c))
+    hlo = grads.lower(x, w, cot).compile().as_text()
+    assert bool(re.search(r"= f32\[128,40\]\{1,0\} (transpose|copy|fusion)", hlo)) == transposed
+    _, ref_pull = jax.vjp(lambda x, w: jnp.einsum("ti,io->to", x, w, precision="highest"), x, w)
+    for a, e in zip(grads(x, w, cot), ref_pull(cot)):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("spec,shape_a,shape_b", [
     ("ti,io->to", (64, 48), (48, 80)),
     ("bkqd,bktd->bkqt", (2, 3, 16, 8), (2, 3, 24, 8)),

@@ -83,10 +83,11 @@ def _gradient_product(spec: str, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
     """einsum(spec, x, y) as float32. On XLA:CPU, a product that contracts a leading axis of
     both operands (a "TN" product, which Eigen runs, not YNNPACK) takes a faster form:
     batched, it writes its last two output axes swapped and transposes them back; 2-D with an
-    output at least 8 times wider than tall (the LM head's kernel gradient), it multiplies a
-    transposed copy of x (a plain product, YNNPACK's: 0.72-0.96 of the time at 128 x 2048
-    over 256-1024 tokens; at 128 x 256 it loses). The barriers keep XLA's simplifier from
-    folding the transposes into the product, which would restore the slow form."""
+    output at least 128 tall and 8 times wider (the LM head's kernel gradient), it multiplies
+    a transposed copy of x (a plain product, YNNPACK's: 0.72-0.96 of the time at 128 x 2048
+    over 256-1024 tokens; it loses at 128 x 256, and at 8 x 128, a LoRA B's gradient). The
+    barriers keep XLA's simplifier from folding the transposes into the product, which would
+    restore the slow form."""
     (sx, sy), out = spec.split("->")[0].split(","), spec.split("->")[1]
     contracted = (set(sx) & set(sy)) - set(out)
     f32 = jnp.float32
@@ -95,7 +96,7 @@ def _gradient_product(spec: str, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
             swapped = out[:-2] + out[-1] + out[-2]
             product = jnp.einsum(f"{sx},{sy}->{swapped}", x, y, preferred_element_type=f32)
             return jnp.swapaxes(jax.lax.optimization_barrier(product), -1, -2)
-        if len(sx) == len(sy) == 2 and y.shape[1] >= 8 * x.shape[1]:
+        if len(sx) == len(sy) == 2 and x.shape[1] >= 128 and y.shape[1] >= 8 * x.shape[1]:
             xt = jax.lax.optimization_barrier(x.T)
             return jnp.einsum(f"{sx[::-1]},{sy}->{out}", xt, y, preferred_element_type=f32)
     return jnp.einsum(spec, x, y, preferred_element_type=f32)
