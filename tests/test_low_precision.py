@@ -1,6 +1,7 @@
 """Low-precision compute: bfloat16 products with float32 results and float32 parameter
 gradients (model.matmul.mixed_einsum), RMSNorm's scale gradient in float32, float32 compute
-left exactly as plain einsum (its batched gradients in XLA:CPU's fast form), and `matmul_dtype` (bfloat16 products, float32 activations)."""
+left exactly as plain einsum (on CPU, some gradient products in XLA:CPU's faster forms), and
+`matmul_dtype` (bfloat16 products, float32 activations)."""
 
 from __future__ import annotations
 
@@ -80,8 +81,8 @@ def test_batched_gradient_contracting_leading_axes_is_computed_transposed_on_cpu
 @pytest.mark.parametrize("features,transposed", [(2048, True), (256, False)])
 def test_wide_kernel_gradient_multiplies_a_transposed_input_on_cpu(features, transposed):
     """A linear layer's kernel gradient x^T dy (contracting tokens, the leading axis of both)
-    multiplies a materialised x^T when the kernel is at least 8x wider than tall (the LM head),
-    and is left to XLA otherwise."""
+    multiplies a materialised x^T when the kernel is at least 128 tall and 8x wider (the LM
+    head), and is left to XLA otherwise."""
     x, w = _operands((40, 128), (128, features))
     cot = jnp.ones((40, features), jnp.float32)
     grads = jax.jit(lambda x, w, c: jax.vjp(

@@ -226,7 +226,7 @@ def test_blocked_causal_attention_equals_one_softmax(s):
     short sequence (4 of 32 rows) and of a long one (its last block partial)."""
     b, h, kv, d = 2, 4, 2, 8
     block = causal_block(s)
-    assert 1 < s / block
+    assert s > block
     rng = np.random.default_rng(0)
     q = jnp.asarray(rng.standard_normal((b, s, h, d)), jnp.float32)
     k, v = (jnp.asarray(rng.standard_normal((b, kv, s, d)), jnp.float32) for _ in range(2))
