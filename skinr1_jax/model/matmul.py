@@ -71,24 +71,25 @@ def _backward(spec: str, dtype: jnp.dtype, residuals, g: jnp.ndarray):
     a, b = residuals
     sa, sb, out = _subscripts(spec)
     g = g.astype(dtype)
-    da = _gradient_product(f"{out},{sb}->{sa}", g, b.astype(dtype))
-    db = _gradient_product(f"{sa},{out}->{sb}", a.astype(dtype), g)
+    da = _gradient_product(out, sb, sa, g, b.astype(dtype))
+    db = _gradient_product(sa, out, sb, a.astype(dtype), g)
     return da.astype(a.dtype), db.astype(b.dtype)
 
 
 _einsum.defvjp(_forward, _backward)
 
 
-def _gradient_product(spec: str, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
-    """einsum(spec, x, y) as float32. On XLA:CPU, a product that contracts a leading axis of
-    both operands (a "TN" product, which Eigen runs, not YNNPACK) takes a faster form:
+def _gradient_product(sx: str, sy: str, out: str, x: jnp.ndarray, y: jnp.ndarray
+                      ) -> jnp.ndarray:
+    """einsum(f"{sx},{sy}->{out}", x, y) as float32 (an operand's gradient, its subscripts
+    already parsed). On XLA:CPU, a product that contracts a leading axis of both operands (a
+    "TN" product, which Eigen runs, not YNNPACK) takes a faster form:
     batched, it writes its last two output axes swapped and transposes them back; 2-D with an
     output at least 128 tall and 8 times wider (the LM head's kernel gradient), it multiplies
     a transposed copy of x (a plain product, YNNPACK's: 0.72-0.96 of the time at 128 x 2048
     over 256-1024 tokens; it loses at 128 x 256, and at 8 x 128, a LoRA B's gradient). The
     barriers keep XLA's simplifier from folding the transposes into the product, which would
     restore the slow form."""
-    (sx, sy), out = spec.split("->")[0].split(","), spec.split("->")[1]
     contracted = (set(sx) & set(sy)) - set(out)
     f32 = jnp.float32
     if _on_cpu() and sx[-1] not in contracted and sy[-1] not in contracted:
@@ -99,4 +100,4 @@ def _gradient_product(spec: str, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
         if len(sx) == len(sy) == 2 and x.shape[1] >= 128 and y.shape[1] >= 8 * x.shape[1]:
             xt = jax.lax.optimization_barrier(x.T)
             return jnp.einsum(f"{sx[::-1]},{sy}->{out}", xt, y, preferred_element_type=f32)
-    return jnp.einsum(spec, x, y, preferred_element_type=f32)
+    return jnp.einsum(f"{sx},{sy}->{out}", x, y, preferred_element_type=f32)
